@@ -1,0 +1,166 @@
+//! Command-line arguments of `ciab`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Build, verify and boot Cloud-in-a-Box appliance images.
+///
+/// A spec (images/<name>.toml) becomes a bootable, signed, reproducible disk
+/// image in out/<name>/: <name>.raw (UEFI and BIOS), <name>.qcow2,
+/// manifest.json with its minisign signature, and an SPDX SBOM.
+#[derive(Debug, Parser)]
+#[command(name = "ciab", version, propagate_version = true, help_expected = true, max_term_width = 100)]
+pub struct Cli {
+    /// More output (-v: debug, -vv: trace); also RUST_LOG.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install missing host tools, build the default image and boot it in QEMU.
+    Up(UpArgs),
+    /// Check the host tools the build and the tests need.
+    Doctor(DoctorArgs),
+    /// Parse and check a spec; print it resolved.
+    Validate(ValidateArgs),
+    /// Build an image from a spec.
+    Build(BuildArgs),
+    /// Check an output directory's signature and every digest in its manifest.
+    Verify(VerifyArgs),
+    /// Create a minisign signing key pair.
+    Keygen(KeygenArgs),
+    /// Boot a built image in QEMU with the serial console on this terminal.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Install the Debian packages of missing tools with apt (needs root).
+    #[arg(long)]
+    pub install: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The spec file.
+    #[arg(default_value = crate::spec::DEFAULT_SPEC)]
+    pub spec: PathBuf,
+    /// Print the resolved spec as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The spec file.
+    #[arg(default_value = crate::spec::DEFAULT_SPEC)]
+    pub spec: PathBuf,
+    /// Output parent directory; the image lands in <out>/<name>/.
+    #[arg(short, long, default_value = "out")]
+    pub out: PathBuf,
+    /// Stage and download cache [default: ${XDG_CACHE_HOME:-~/.cache}/ciab].
+    #[arg(long, env = "CIAB_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// The ciab-firstboot binary to install [default: beside ciab].
+    #[arg(long, help_heading = "Advanced")]
+    pub firstboot_bin: Option<PathBuf>,
+    /// Fail instead of creating the signing key when it does not exist.
+    #[arg(long, help_heading = "Advanced")]
+    pub no_keygen: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The output directory (out/<name>).
+    pub dir: PathBuf,
+    /// Public key to check the signature with [default: the directory's
+    /// signing.pub: proves integrity only; pass yours to prove origin].
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Secret key file; the public key is written beside it as <key>.pub.
+    #[arg(long, default_value = crate::sign::DEFAULT_KEY_PATH)]
+    pub key: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// The output directory (out/<name>) or an image file.
+    pub image: PathBuf,
+    /// Boot with SeaBIOS (legacy BIOS) instead of OVMF (UEFI).
+    #[arg(long)]
+    pub bios: bool,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 2048)]
+    pub memory: u32,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// No network device at all (proves the image needs none).
+    #[arg(long)]
+    pub no_network: bool,
+    /// Host port forwarded to the guest's SSH port 22.
+    #[arg(long, default_value_t = 2222)]
+    pub ssh_port: u16,
+    /// Host port forwarded to the guest's status page (8080).
+    #[arg(long, default_value_t = 8080)]
+    pub status_port: u16,
+    /// Accelerator: auto (probe KVM, fall back to TCG), kvm or tcg.
+    #[arg(long, default_value = "auto", help_heading = "Advanced")]
+    pub accel: String,
+    /// Skip the signature check of an output directory before booting.
+    #[arg(long, help_heading = "Advanced")]
+    pub no_verify: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The spec file.
+    #[arg(default_value = crate::spec::DEFAULT_SPEC)]
+    pub spec: PathBuf,
+    /// Output parent directory.
+    #[arg(short, long, default_value = "out")]
+    pub out: PathBuf,
+    /// Build only; do not boot.
+    #[arg(long)]
+    pub no_run: bool,
+    /// Boot with SeaBIOS instead of OVMF.
+    #[arg(long)]
+    pub bios: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_every_option_documented() {
+        // help_expected makes debug_assert fail on an undocumented argument.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_fits_80_columns() {
+        let mut cmd = Cli::command().term_width(80);
+        cmd.build();
+        let mut names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_owned()).collect();
+        names.push(String::new());
+        for name in names {
+            let help = if name.is_empty() {
+                cmd.render_long_help().to_string()
+            } else {
+                cmd.find_subcommand_mut(&name).unwrap().render_long_help().to_string()
+            };
+            for line in help.lines() {
+                assert!(line.chars().count() <= 80, "{name}: help line over 80 columns: {line:?}");
+            }
+        }
+    }
+}

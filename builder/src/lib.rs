@@ -1,0 +1,21 @@
+//! ciab: builds signed, reproducible Cloud-in-a-Box appliance disk images.
+//!
+//! The binary `ciab` is a thin layer over this library: `cli` parses,
+//! each verb lives in its own module.
+
+pub mod blockmap;
+pub mod build;
+pub mod cache;
+pub mod cli;
+pub mod doctor;
+pub mod exec;
+pub mod fsutil;
+pub mod mirror;
+pub mod progress;
+pub mod qemu;
+pub mod run;
+pub mod sign;
+pub mod spec;
+pub mod stages;
+pub mod tree;
+pub mod verify;

@@ -1,0 +1,666 @@
+//! The image spec: `images/<name>.toml`, its includes, and the resolved form
+//! every build stage works from.
+//!
+//! A spec file is parsed strictly (unknown keys are errors) into [`SpecFile`];
+//! `include`d files are parsed first and merged under it (lists append, scalars
+//! override); the result is validated and resolved into [`Spec`] with all
+//! defaults filled in. Errors name the file, line, column and key.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The spec used when `ciab build` is given none.
+pub const DEFAULT_SPEC: &str = "images/eval.toml";
+
+/// A problem in a spec file, located as precisely as the parser allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecError {
+    pub file: PathBuf,
+    /// 1-based line and column, when known.
+    pub position: Option<(usize, usize)>,
+    /// Dotted key path, e.g. `packages.install[2]`, when known.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, col)) = self.position {
+            write!(f, ":{line}:{col}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// One spec file as written; every field optional so includes can layer.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecFile {
+    /// Other spec files (relative to this one) merged underneath this one.
+    #[serde(default)]
+    pub include: Vec<toml::Spanned<String>>,
+    pub image: Option<ImageSection>,
+    pub debian: Option<DebianSection>,
+    pub packages: Option<PackagesSection>,
+    pub overlays: Option<OverlaysSection>,
+    pub boot: Option<BootSection>,
+    pub disk: Option<DiskSection>,
+    pub outputs: Option<OutputsSection>,
+    pub signing: Option<SigningSection>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSection {
+    pub name: Option<toml::Spanned<String>>,
+    pub version: Option<toml::Spanned<String>>,
+    pub description: Option<String>,
+    /// Timestamp every file in the image is clamped to (seconds since 1970).
+    pub source_date_epoch: Option<toml::Spanned<i64>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebianSection {
+    pub suite: Option<toml::Spanned<String>>,
+    pub mirror: Option<toml::Spanned<String>>,
+    pub security_mirror: Option<toml::Spanned<String>>,
+    pub components: Option<Vec<String>>,
+    pub variant: Option<toml::Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesSection {
+    #[serde(default)]
+    pub install: Vec<toml::Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlaysSection {
+    #[serde(default)]
+    pub layers: Vec<toml::Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSection {
+    pub cmdline: Option<Vec<String>>,
+    pub initrd_modules: Option<Vec<String>>,
+    pub timeout_seconds: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSection {
+    pub esp_mib: Option<toml::Spanned<u64>>,
+    pub root_mib: Option<toml::Spanned<u64>>,
+    pub bundle_mib: Option<toml::Spanned<u64>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputsSection {
+    pub formats: Option<Vec<toml::Spanned<String>>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSection {
+    /// minisign secret key file; `~` expands to $HOME.
+    pub key: Option<String>,
+}
+
+/// The resolved spec: what a build runs from. Serialized as JSON it is the
+/// root of every cache key and is what `ciab validate --json` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub source_date_epoch: i64,
+    pub debian: Debian,
+    /// Packages beyond the variant's, sorted and unique.
+    pub packages: Vec<String>,
+    /// Overlay folders, in application order, as absolute paths.
+    pub overlays: Vec<PathBuf>,
+    pub boot: Boot,
+    pub disk: Disk,
+    pub formats: Vec<OutputFormat>,
+    /// Signing key path (not part of the image's identity, see [`Spec::identity_json`]).
+    pub signing_key: PathBuf,
+    /// Spec files read, top file first.
+    pub files: Vec<PathBuf>,
+}
+
+/// Where packages come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Debian {
+    pub suite: String,
+    /// `None`: taken from the host's apt sources at build time.
+    pub mirror: Option<String>,
+    pub security_mirror: Option<String>,
+    pub components: Vec<String>,
+    pub variant: String,
+}
+
+/// Boot configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Boot {
+    pub cmdline: Vec<String>,
+    /// Kernel modules the initrd carries (initramfs-tools `MODULES=list`).
+    pub initrd_modules: Vec<String>,
+    pub timeout_seconds: u32,
+}
+
+/// Partition sizes in MiB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    pub esp_mib: u64,
+    pub root_mib: u64,
+    /// `None`: sized to fit the bundle.
+    pub bundle_mib: Option<u64>,
+}
+
+/// An output format derived from the raw disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    Raw,
+    Qcow2,
+}
+
+impl OutputFormat {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "raw" => Some(OutputFormat::Raw),
+            "qcow2" => Some(OutputFormat::Qcow2),
+            _ => None,
+        }
+    }
+}
+
+const DEFAULT_CMDLINE: &[&str] = &["console=tty0", "console=ttyS0,115200n8", "rw", "quiet"];
+/// Enough to find the root on virtio, NVMe, SATA/SAS and USB disks.
+const DEFAULT_INITRD_MODULES: &[&str] = &[
+    "virtio_pci", "virtio_blk", "virtio_scsi", "nvme", "ahci", "sd_mod", "sr_mod", "usb_storage", "uas",
+    "xhci_pci", "ehci_pci", "ext4", "crc32c_generic",
+];
+const MIN_ESP_MIB: u64 = 64;
+const MIN_ROOT_MIB: u64 = 512;
+const SUPPORTED_SUITES: &[&str] = &["trixie", "forky", "sid"];
+const SUPPORTED_VARIANTS: &[&str] = &["essential", "required", "minbase", "apt", "important", "standard"];
+
+impl Spec {
+    /// Loads, merges, validates and resolves the spec at `path`.
+    pub fn load(path: &Path) -> Result<Spec> {
+        let mut files = Vec::new();
+        let merged = load_merged(path, &mut Vec::new(), &mut files)?;
+        resolve(path, merged, files)
+    }
+
+    /// The JSON that identifies the image: everything but local paths that do
+    /// not change the bytes (the signing key, the spec file names).
+    pub fn identity_json(&self) -> Result<String> {
+        let mut v = serde_json::to_value(self)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.remove("signing_key");
+            obj.remove("files");
+            // Overlay contents are hashed by the overlay stage; the checkout path is not identity.
+            if let Some(list) = obj.get_mut("overlays").and_then(|o| o.as_array_mut()) {
+                for item in list.iter_mut() {
+                    let name = item.as_str().and_then(|s| Path::new(s).file_name()).map(|n| n.to_string_lossy().into_owned());
+                    *item = serde_json::Value::String(name.unwrap_or_default());
+                }
+            }
+        }
+        Ok(serde_json::to_string(&v)?)
+    }
+}
+
+/// Parses one spec file strictly.
+pub fn parse_file(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let key = err.path().to_string().replace(".$__serde_spanned_private_value", "");
+        let inner = err.into_inner();
+        SpecError {
+            file: path.to_owned(),
+            position: inner.span().map(|s| line_col(text, s.start)),
+            key: (key != "." && !key.is_empty()).then_some(key),
+            message: inner.message().to_owned(),
+        }
+    })
+}
+
+/// 1-based line and column of byte offset `at` in `text`.
+pub fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+struct Located {
+    path: PathBuf,
+    text: String,
+}
+
+impl Located {
+    fn err<T>(&self, spanned: &toml::Spanned<T>, key: &str, message: impl Into<String>) -> anyhow::Error {
+        SpecError {
+            file: self.path.clone(),
+            position: Some(line_col(&self.text, spanned.span().start)),
+            key: Some(key.to_owned()),
+            message: message.into(),
+        }
+        .into()
+    }
+}
+
+/// The merge of a file and its includes, with each value's origin kept for errors.
+#[derive(Default)]
+struct Merged {
+    name: Option<String>,
+    version: Option<String>,
+    description: Option<String>,
+    source_date_epoch: Option<i64>,
+    suite: Option<String>,
+    mirror: Option<String>,
+    security_mirror: Option<String>,
+    components: Option<Vec<String>>,
+    variant: Option<String>,
+    packages: Vec<String>,
+    overlays: Vec<PathBuf>,
+    cmdline: Option<Vec<String>>,
+    initrd_modules: Option<Vec<String>>,
+    timeout_seconds: Option<u32>,
+    esp_mib: Option<u64>,
+    root_mib: Option<u64>,
+    bundle_mib: Option<u64>,
+    formats: Option<Vec<OutputFormat>>,
+    signing_key: Option<String>,
+}
+
+fn load_merged(path: &Path, stack: &mut Vec<PathBuf>, files: &mut Vec<PathBuf>) -> Result<Merged> {
+    let canonical = path
+        .canonicalize()
+        .with_context(|| format!("reading spec {}: file not found", path.display()))?;
+    if stack.contains(&canonical) {
+        bail!("{}: include cycle: {}", path.display(), stack.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" -> "));
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading spec {}", path.display()))?;
+    let file = parse_file(path, &text)?;
+    let loc = Located { path: path.to_owned(), text };
+    files.push(path.to_owned());
+    stack.push(canonical);
+
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut merged = Merged::default();
+    for inc in &file.include {
+        let inc_path = dir.join(inc.get_ref());
+        if !inc_path.is_file() {
+            return Err(loc.err(inc, "include", format!("included file {} does not exist", inc_path.display())));
+        }
+        let sub = load_merged(&inc_path, stack, files)?;
+        merge(&mut merged, sub);
+    }
+    let own = check_file(&loc, &file, dir)?;
+    merge(&mut merged, own);
+    stack.pop();
+    Ok(merged)
+}
+
+/// Field-level checks, done per file so errors point at the right line.
+fn check_file(loc: &Located, file: &SpecFile, dir: &Path) -> Result<Merged> {
+    let mut m = Merged::default();
+    if let Some(image) = &file.image {
+        if let Some(name) = &image.name {
+            if !is_image_name(name.get_ref()) {
+                return Err(loc.err(name, "image.name", format!("{:?} is not a valid image name: use 1-32 lowercase letters, digits and '-', starting with a letter", name.get_ref())));
+            }
+            m.name = Some(name.get_ref().clone());
+        }
+        if let Some(version) = &image.version {
+            let v = version.get_ref();
+            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || ".+-~".contains(c)) {
+                return Err(loc.err(version, "image.version", format!("{v:?} is not a valid version: use letters, digits and . + - ~")));
+            }
+            m.version = Some(v.clone());
+        }
+        m.description = image.description.clone();
+        if let Some(epoch) = &image.source_date_epoch {
+            if *epoch.get_ref() <= 0 || *epoch.get_ref() > u32::MAX as i64 {
+                return Err(loc.err(epoch, "image.source_date_epoch", "must be a positive Unix timestamp before 2106"));
+            }
+            m.source_date_epoch = Some(*epoch.get_ref());
+        }
+    }
+    if let Some(debian) = &file.debian {
+        if let Some(suite) = &debian.suite {
+            if !SUPPORTED_SUITES.contains(&suite.get_ref().as_str()) {
+                return Err(loc.err(suite, "debian.suite", format!("unsupported suite {:?}: ciab builds {}", suite.get_ref(), SUPPORTED_SUITES.join(", "))));
+            }
+            m.suite = Some(suite.get_ref().clone());
+        }
+        for (key, value, slot) in [
+            ("debian.mirror", &debian.mirror, &mut m.mirror),
+            ("debian.security_mirror", &debian.security_mirror, &mut m.security_mirror),
+        ] {
+            if let Some(url) = value {
+                let u = url.get_ref();
+                if !(u.starts_with("http://") || u.starts_with("https://") || u.starts_with("file:/")) || u.contains(char::is_whitespace) {
+                    return Err(loc.err(url, key, format!("{u:?} is not a mirror URL (http://, https:// or file:/)")));
+                }
+                *slot = Some(u.trim_end_matches('/').to_owned());
+            }
+        }
+        m.components = debian.components.clone();
+        if let Some(variant) = &debian.variant {
+            if !SUPPORTED_VARIANTS.contains(&variant.get_ref().as_str()) {
+                return Err(loc.err(variant, "debian.variant", format!("unknown mmdebstrap variant {:?}: one of {}", variant.get_ref(), SUPPORTED_VARIANTS.join(", "))));
+            }
+            m.variant = Some(variant.get_ref().clone());
+        }
+    }
+    if let Some(packages) = &file.packages {
+        for (i, pkg) in packages.install.iter().enumerate() {
+            if !is_package_name(pkg.get_ref()) {
+                return Err(loc.err(pkg, &format!("packages.install[{i}]"), format!("{:?} is not a valid Debian package name (lowercase letters, digits, '+', '-', '.'; optionally =version)", pkg.get_ref())));
+            }
+            m.packages.push(pkg.get_ref().clone());
+        }
+    }
+    if let Some(overlays) = &file.overlays {
+        let root = dir.join("..").join("overlays");
+        for (i, layer) in overlays.layers.iter().enumerate() {
+            let name = layer.get_ref();
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                return Err(loc.err(layer, &format!("overlays.layers[{i}]"), format!("{name:?} is not an overlay name: a folder name under overlays/")));
+            }
+            let path = root.join(name);
+            if !path.is_dir() {
+                return Err(loc.err(layer, &format!("overlays.layers[{i}]"), format!("overlay folder {} does not exist", path.display())));
+            }
+            m.overlays.push(path.canonicalize().with_context(|| format!("resolving {}", path.display()))?);
+        }
+    }
+    if let Some(boot) = &file.boot {
+        m.cmdline = boot.cmdline.clone();
+        m.initrd_modules = boot.initrd_modules.clone();
+        m.timeout_seconds = boot.timeout_seconds;
+    }
+    if let Some(disk) = &file.disk {
+        for (key, value, min, slot) in [
+            ("disk.esp_mib", &disk.esp_mib, MIN_ESP_MIB, &mut m.esp_mib),
+            ("disk.root_mib", &disk.root_mib, MIN_ROOT_MIB, &mut m.root_mib),
+            ("disk.bundle_mib", &disk.bundle_mib, 1, &mut m.bundle_mib),
+        ] {
+            if let Some(v) = value {
+                if *v.get_ref() < min || *v.get_ref() > 1 << 20 {
+                    return Err(loc.err(v, key, format!("{} MiB is out of range ({min} to {} MiB)", v.get_ref(), 1u64 << 20)));
+                }
+                *slot = Some(*v.get_ref());
+            }
+        }
+    }
+    if let Some(outputs) = &file.outputs {
+        if let Some(formats) = &outputs.formats {
+            let mut list = Vec::new();
+            for (i, f) in formats.iter().enumerate() {
+                match OutputFormat::parse(f.get_ref()) {
+                    Some(fmt) => list.push(fmt),
+                    None => return Err(loc.err(f, &format!("outputs.formats[{i}]"), format!("unknown output format {:?}: use \"raw\" or \"qcow2\"", f.get_ref()))),
+                }
+            }
+            m.formats = Some(list);
+        }
+    }
+    if let Some(signing) = &file.signing {
+        m.signing_key = signing.key.clone();
+    }
+    Ok(m)
+}
+
+fn merge(base: &mut Merged, top: Merged) {
+    macro_rules! over {
+        ($($f:ident),*) => { $( if top.$f.is_some() { base.$f = top.$f; } )* };
+    }
+    over!(name, version, description, source_date_epoch, suite, mirror, security_mirror, components, variant,
+        cmdline, initrd_modules, timeout_seconds, esp_mib, root_mib, bundle_mib, formats, signing_key);
+    base.packages.extend(top.packages);
+    for o in top.overlays {
+        if !base.overlays.contains(&o) {
+            base.overlays.push(o);
+        }
+    }
+}
+
+fn resolve(path: &Path, m: Merged, files: Vec<PathBuf>) -> Result<Spec> {
+    let missing = |key: &str| -> anyhow::Error {
+        SpecError { file: path.to_owned(), position: None, key: Some(key.to_owned()), message: "is required (in this file or one it includes)".into() }.into()
+    };
+    let packages: BTreeSet<String> = m.packages.into_iter().collect();
+    let mut formats = m.formats.unwrap_or_else(|| vec![OutputFormat::Raw, OutputFormat::Qcow2]);
+    formats.sort();
+    formats.dedup();
+    Ok(Spec {
+        name: m.name.ok_or_else(|| missing("image.name"))?,
+        version: m.version.ok_or_else(|| missing("image.version"))?,
+        description: m.description.unwrap_or_default(),
+        source_date_epoch: m.source_date_epoch.ok_or_else(|| missing("image.source_date_epoch"))?,
+        debian: Debian {
+            suite: m.suite.unwrap_or_else(|| "trixie".into()),
+            mirror: m.mirror,
+            security_mirror: m.security_mirror,
+            components: m.components.unwrap_or_else(|| vec!["main".into()]),
+            variant: m.variant.unwrap_or_else(|| "apt".into()),
+        },
+        packages: packages.into_iter().collect(),
+        overlays: m.overlays,
+        boot: Boot {
+            cmdline: m.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.iter().map(|s| s.to_string()).collect()),
+            initrd_modules: m.initrd_modules.unwrap_or_else(|| DEFAULT_INITRD_MODULES.iter().map(|s| s.to_string()).collect()),
+            timeout_seconds: m.timeout_seconds.unwrap_or(0),
+        },
+        disk: Disk { esp_mib: m.esp_mib.unwrap_or(512), root_mib: m.root_mib.unwrap_or(2048), bundle_mib: m.bundle_mib },
+        formats,
+        signing_key: expand_home(m.signing_key.as_deref().unwrap_or(crate::sign::DEFAULT_KEY_PATH)),
+        files,
+    })
+}
+
+/// Expands a leading `~/` to $HOME.
+pub fn expand_home(p: &str) -> PathBuf {
+    match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(p),
+    }
+}
+
+fn is_image_name(s: &str) -> bool {
+    (1..=32).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn is_package_name(s: &str) -> bool {
+    let name = s.split_once('=').map_or(s, |(n, _)| n);
+    name.len() >= 2
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    /// A checkout-like tree: images/ and overlays/base.
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("images")).unwrap();
+        fs::create_dir_all(dir.path().join("overlays/base")).unwrap();
+        fs::create_dir_all(dir.path().join("overlays/extra")).unwrap();
+        dir
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join("images").join(name);
+        fs::write(&p, text).unwrap();
+        p
+    }
+
+    const BASE: &str = r#"
+[image]
+name = "base"
+version = "1.0"
+source_date_epoch = 1735689600
+
+[packages]
+install = ["systemd", "linux-image-amd64"]
+
+[overlays]
+layers = ["base"]
+"#;
+
+    fn err_of(path: &Path) -> String {
+        format!("{:#}", Spec::load(path).unwrap_err())
+    }
+
+    #[test]
+    fn resolves_defaults() {
+        let t = tree();
+        let p = write(t.path(), "base.toml", BASE);
+        let spec = Spec::load(&p).unwrap();
+        assert_eq!(spec.name, "base");
+        assert_eq!(spec.debian.suite, "trixie");
+        assert_eq!(spec.debian.variant, "apt");
+        assert_eq!(spec.debian.mirror, None);
+        assert_eq!(spec.packages, vec!["linux-image-amd64", "systemd"]);
+        assert_eq!(spec.formats, vec![OutputFormat::Raw, OutputFormat::Qcow2]);
+        assert_eq!(spec.disk, Disk { esp_mib: 512, root_mib: 2048, bundle_mib: None });
+        assert!(spec.boot.cmdline.iter().any(|c| c.starts_with("console=ttyS0")));
+    }
+
+    #[test]
+    fn include_appends_lists_and_overrides_scalars() {
+        let t = tree();
+        write(t.path(), "base.toml", BASE);
+        let p = write(t.path(), "top.toml", r#"
+include = ["base.toml"]
+[image]
+name = "top"
+[packages]
+install = ["curl", "systemd"]
+[overlays]
+layers = ["extra", "base"]
+[disk]
+root_mib = 4096
+"#);
+        let spec = Spec::load(&p).unwrap();
+        assert_eq!(spec.name, "top");
+        assert_eq!(spec.version, "1.0");
+        assert_eq!(spec.packages, vec!["curl", "linux-image-amd64", "systemd"]);
+        let names: Vec<String> = spec.overlays.iter().map(|o| o.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, vec!["base", "extra"]);
+        assert_eq!(spec.disk.root_mib, 4096);
+        assert_eq!(spec.files.len(), 2);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_column_and_key() {
+        let t = tree();
+        let p = write(t.path(), "bad.toml", "[image]\nname = \"x\"\nflavour = 3\n");
+        let err = err_of(&p);
+        assert!(err.ends_with("bad.toml:3:1: key `image.flavour`: unknown field `flavour`, expected one of `name`, `version`, `description`, `source_date_epoch`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_top_level_table() {
+        let t = tree();
+        let p = write(t.path(), "bad.toml", "[imagee]\nname = \"x\"\n");
+        let err = err_of(&p);
+        assert!(err.contains("bad.toml:1:2: key `imagee`: unknown field `imagee`, expected one of `include`, `image`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_located() {
+        let t = tree();
+        let p = write(t.path(), "bad.toml", "[disk]\nroot_mib = \"big\"\n");
+        let err = err_of(&p);
+        assert!(err.ends_with("bad.toml:2:12: key `disk.root_mib`: invalid type: string \"big\", expected u64"), "{err}");
+    }
+
+    #[test]
+    fn malformed_toml_is_located() {
+        let t = tree();
+        let p = write(t.path(), "bad.toml", "[image]\nname = \n");
+        let err = err_of(&p);
+        assert!(err.contains("bad.toml:2:8"), "{err}");
+    }
+
+    #[test]
+    fn bad_package_name() {
+        let t = tree();
+        let p = write(t.path(), "bad.toml", &BASE.replace("\"systemd\"", "\"Systemd\""));
+        let err = err_of(&p);
+        assert!(err.ends_with("bad.toml:8:12: key `packages.install[0]`: \"Systemd\" is not a valid Debian package name (lowercase letters, digits, '+', '-', '.'; optionally =version)"), "{err}");
+    }
+
+    #[test]
+    fn missing_overlay_folder() {
+        let t = tree();
+        let p = write(t.path(), "bad.toml", &BASE.replace("layers = [\"base\"]", "layers = [\"nope\"]"));
+        let err = err_of(&p);
+        assert!(err.contains("bad.toml:11:11: key `overlays.layers[0]`: overlay folder "), "{err}");
+        assert!(err.ends_with("overlays/nope does not exist"), "{err}");
+    }
+
+    #[test]
+    fn bad_values() {
+        let t = tree();
+        for (needle, replacement, expected) in [
+            ("name = \"base\"", "name = \"Base_1\"", "key `image.name`: \"Base_1\" is not a valid image name"),
+            ("version = \"1.0\"", "version = \"1 0\"", "key `image.version`: \"1 0\" is not a valid version"),
+            ("source_date_epoch = 1735689600", "source_date_epoch = -5", "key `image.source_date_epoch`: must be a positive Unix timestamp"),
+            ("[packages]", "[debian]\nsuite = \"bookworm\"\n[packages]", "key `debian.suite`: unsupported suite \"bookworm\""),
+            ("[packages]", "[debian]\nmirror = \"ftp://x\"\n[packages]", "key `debian.mirror`: \"ftp://x\" is not a mirror URL"),
+            ("[packages]", "[disk]\nesp_mib = 1\n[packages]", "key `disk.esp_mib`: 1 MiB is out of range"),
+            ("[packages]", "[outputs]\nformats = [\"vmdk\"]\n[packages]", "key `outputs.formats[0]`: unknown output format \"vmdk\""),
+        ] {
+            let p = write(t.path(), "bad.toml", &BASE.replace(needle, replacement));
+            let err = err_of(&p);
+            assert!(err.contains(expected), "{err}\n  expected: {expected}");
+        }
+    }
+
+    #[test]
+    fn missing_name_and_include_problems() {
+        let t = tree();
+        let p = write(t.path(), "noname.toml", "[image]\nversion = \"1\"\nsource_date_epoch = 1\n");
+        assert!(err_of(&p).ends_with("noname.toml: key `image.name`: is required (in this file or one it includes)"));
+        let p = write(t.path(), "inc.toml", "include = [\"gone.toml\"]\n");
+        assert!(err_of(&p).contains("inc.toml:1:12: key `include`: included file"));
+        let p = write(t.path(), "loop.toml", "include = [\"loop.toml\"]\n");
+        assert!(err_of(&p).contains("include cycle"));
+    }
+
+    #[test]
+    fn identity_ignores_local_paths() {
+        let a = tree();
+        let b = tree();
+        let sa = Spec::load(&write(a.path(), "base.toml", BASE)).unwrap();
+        let mut sb = Spec::load(&write(b.path(), "base.toml", BASE)).unwrap();
+        sb.signing_key = PathBuf::from("/elsewhere.key");
+        assert_eq!(sa.identity_json().unwrap(), sb.identity_json().unwrap());
+    }
+}

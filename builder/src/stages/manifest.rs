@@ -1,0 +1,224 @@
+//! Stage `manifest`: `manifest.json` (every output, partition and digest, the
+//! block map, packages, tools, stage keys), `sbom.spdx.json` (SPDX 2.3), and
+//! the minisign signature over the manifest. The SBOM is covered by the
+//! signature through its digest in the manifest's outputs.
+
+use super::{Context, STAGE_FORMAT};
+use crate::cache::KeyBuilder;
+use crate::progress::Outcome;
+use crate::spec::OutputFormat;
+use crate::stages::{disk::Disk, formats::Formats, rootfs::Rootfs};
+use anyhow::{Context as _, Result};
+use ciab_firstboot::contract::{
+    DiskInfo, ImageInfo, Manifest, OutputFile, PackageInfo, PartitionInfo, PartitionRole, StageKey, MANIFEST_FILE, MANIFEST_SCHEMA,
+    MANIFEST_SIG_FILE, SBOM_FILE,
+};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// Output of the manifest stage: a directory holding the three files.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub key: String,
+    pub dir: PathBuf,
+}
+
+pub struct ManifestInput<'a> {
+    pub rootfs: &'a Rootfs,
+    pub disk: &'a Disk,
+    pub formats: &'a Formats,
+    pub stages: Vec<StageKey>,
+    pub secret_key: &'a minisign::SecretKey,
+}
+
+pub fn run(ctx: &Context, input: &ManifestInput) -> Result<(Signed, Outcome, Option<u64>)> {
+    let pubkey = crate::sign::public_key_text(input.secret_key)?;
+    let key = KeyBuilder::new("manifest")
+        .add("format", STAGE_FORMAT)
+        .add("disk", &input.disk.key)
+        .add("formats", &input.formats.key)
+        .add("stages", serde_json::to_string(&input.stages)?)
+        .add("tools", serde_json::to_string(&ctx.tools)?)
+        .add("pubkey", &pubkey)
+        .finish();
+    let (dir, cached) = ctx.cache.get_or_build("manifest", &key, |tmp| {
+        let sbom = sbom_json(ctx, &input.rootfs.packages)?;
+        std::fs::write(tmp.join(SBOM_FILE), &sbom)?;
+        let manifest = build_manifest(ctx, input, &tmp.join(SBOM_FILE))?;
+        let json = serde_json::to_vec_pretty(&manifest)?;
+        std::fs::write(tmp.join(MANIFEST_FILE), &json)?;
+        let sig = crate::sign::sign(input.secret_key, &json, MANIFEST_FILE)?;
+        std::fs::write(tmp.join(MANIFEST_SIG_FILE), sig)?;
+        std::fs::write(tmp.join(crate::sign::PUBLIC_KEY_FILE), &pubkey)?;
+        Ok(())
+    })?;
+    Ok((Signed { key, dir }, if cached { Outcome::Cached } else { Outcome::Ran }, None))
+}
+
+fn output_file(path: &Path, kind: &str) -> Result<OutputFile> {
+    Ok(OutputFile {
+        path: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        kind: kind.to_owned(),
+        size: std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len(),
+        sha256: crate::fsutil::sha256_file(path)?,
+    })
+}
+
+fn build_manifest(ctx: &Context, input: &ManifestInput, sbom: &Path) -> Result<Manifest> {
+    let spec = ctx.spec;
+    let raw = &input.disk.raw;
+    let mut outputs = Vec::new();
+    if spec.formats.contains(&OutputFormat::Raw) {
+        outputs.push(output_file(raw, "raw")?);
+    }
+    for (fmt, path) in &input.formats.files {
+        outputs.push(output_file(path, match fmt { OutputFormat::Qcow2 => "qcow2", OutputFormat::Raw => "raw" })?);
+    }
+    outputs.push(output_file(sbom, "sbom")?);
+    let mut file = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
+    let mut partitions = Vec::new();
+    for slot in &input.disk.layout.slots {
+        file.seek(SeekFrom::Start(slot.offset))?;
+        let digest = crate::fsutil::sha256_reader(&mut (&mut file).take(slot.size)).with_context(|| format!("hashing partition {}", slot.role.label()))?;
+        partitions.push(PartitionInfo {
+            number: slot.role.number(),
+            role: slot.role,
+            label: slot.role.label().to_owned(),
+            type_guid: slot.role.type_guid().to_owned(),
+            part_uuid: slot.part_uuid.to_string(),
+            fs_uuid: match slot.role {
+                PartitionRole::Esp => Some(ctx.ids.esp_fs_uuid()),
+                PartitionRole::RootA => Some(ctx.ids.root_fs_uuid.to_string()),
+                _ => None,
+            },
+            offset: slot.offset,
+            size: slot.size,
+            sha256: digest,
+        });
+    }
+    Ok(Manifest {
+        schema: MANIFEST_SCHEMA,
+        image: ImageInfo {
+            name: spec.name.clone(),
+            version: spec.version.clone(),
+            spec_sha256: ctx.spec_sha256.clone(),
+            source_date_epoch: spec.source_date_epoch,
+            debian_suite: spec.debian.suite.clone(),
+            kernel: input.rootfs.kernel.clone(),
+        },
+        outputs,
+        disk: DiskInfo {
+            size: input.disk.layout.size,
+            sector_size: crate::stages::disk::SECTOR,
+            disk_guid: ctx.ids.disk_guid.to_string(),
+            block_map: crate::blockmap::block_map(raw)?,
+        },
+        partitions,
+        packages: input.rootfs.packages.clone(),
+        tools: ctx.tools.clone(),
+        stages: input.stages.clone(),
+    })
+}
+
+/// `2025-01-01T00:00:00Z` from a Unix timestamp (UTC, proleptic Gregorian).
+pub fn iso8601(epoch: i64) -> String {
+    let days = epoch.div_euclid(86_400);
+    let secs = epoch.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+fn spdx_id(prefix: &str, name: &str, i: usize) -> String {
+    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect();
+    format!("SPDXRef-{prefix}-{i}-{clean}")
+}
+
+/// The SPDX 2.3 document: the image, and every Debian package it contains.
+pub fn sbom_json(ctx: &Context, packages: &[PackageInfo]) -> Result<Vec<u8>> {
+    let spec = ctx.spec;
+    let image_id = "SPDXRef-Image".to_owned();
+    let mut spdx_packages = vec![serde_json::json!({
+        "SPDXID": image_id,
+        "name": format!("ciab-{}", spec.name),
+        "versionInfo": spec.version,
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": false,
+        "primaryPackagePurpose": "OPERATING-SYSTEM",
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": "NOASSERTION",
+        "copyrightText": "NOASSERTION",
+    })];
+    let mut relationships = vec![serde_json::json!({
+        "spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": image_id,
+    })];
+    let distro = format!("debian-{}", spec.debian.suite);
+    for (i, p) in packages.iter().enumerate() {
+        let id = spdx_id("deb", &p.name, i);
+        spdx_packages.push(serde_json::json!({
+            "SPDXID": id,
+            "name": p.name,
+            "versionInfo": p.version,
+            "supplier": "Organization: Debian",
+            "downloadLocation": "NOASSERTION",
+            "filesAnalyzed": false,
+            "sourceInfo": format!("built from Debian source package {} {}", p.source, p.source_version),
+            "licenseConcluded": "NOASSERTION",
+            "licenseDeclared": "NOASSERTION",
+            "copyrightText": "NOASSERTION",
+            "externalRefs": [{
+                "referenceCategory": "PACKAGE-MANAGER",
+                "referenceType": "purl",
+                "referenceLocator": format!("pkg:deb/debian/{}@{}?arch={}&distro={distro}", p.name, purl_escape(&p.version), p.architecture),
+            }],
+        }));
+        relationships.push(serde_json::json!({
+            "spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": id,
+        }));
+    }
+    let doc = serde_json::json!({
+        "spdxVersion": "SPDX-2.3",
+        "dataLicense": "CC0-1.0",
+        "SPDXID": "SPDXRef-DOCUMENT",
+        "name": format!("ciab-{}-{}", spec.name, spec.version),
+        "documentNamespace": format!("urn:ciab:spdx:{}:{}:{}", spec.name, spec.version, ctx.spec_sha256),
+        "creationInfo": {
+            "created": iso8601(spec.source_date_epoch),
+            "creators": [format!("Tool: ciab-{}", env!("CARGO_PKG_VERSION"))],
+        },
+        "packages": spdx_packages,
+        "relationships": relationships,
+    });
+    Ok(serde_json::to_vec_pretty(&doc)?)
+}
+
+fn purl_escape(v: &str) -> String {
+    v.replace('%', "%25").replace(':', "%3A").replace('+', "%2B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso8601(1_735_689_600), "2025-01-01T00:00:00Z");
+        assert_eq!(iso8601(951_782_400 + 3661), "2000-02-29T01:01:01Z");
+    }
+
+    #[test]
+    fn spdx_ids_are_valid() {
+        assert_eq!(spdx_id("deb", "libstdc++6", 3), "SPDXRef-deb-3-libstdc--6");
+        assert_eq!(purl_escape("1:2.3+dfsg"), "1%3A2.3%2Bdfsg");
+    }
+}

@@ -1,0 +1,68 @@
+//! `ciab verify`: the signature first, then every digest the manifest names.
+
+use anyhow::{bail, Context, Result};
+use ciab_firstboot::contract::{Manifest, MANIFEST_FILE, MANIFEST_SIG_FILE};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// One thing that does not match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub what: String,
+    pub expected: String,
+    pub actual: String,
+}
+
+/// Verifies `dir` against its signed manifest with the public key `pubkey`
+/// (default: the key the directory carries, which only proves integrity; pass
+/// your own key file to prove origin). Returns the manifest on success.
+pub fn verify_dir(dir: &Path, pubkey: Option<&Path>) -> Result<Manifest> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let data = std::fs::read(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?;
+    let sig_path = dir.join(MANIFEST_SIG_FILE);
+    let sig = std::fs::read_to_string(&sig_path).with_context(|| format!("reading {}", sig_path.display()))?;
+    let key_path = pubkey.map(Path::to_path_buf).unwrap_or_else(|| dir.join(crate::sign::PUBLIC_KEY_FILE));
+    let pk = crate::sign::load_public_key(&key_path)?;
+    crate::sign::verify(&pk, &data, &sig)
+        .with_context(|| format!("{}: signature does not verify with {}", manifest_path.display(), key_path.display()))?;
+    let manifest: Manifest = serde_json::from_slice(&data).with_context(|| format!("parsing {}", manifest_path.display()))?;
+
+    let mut bad = Vec::new();
+    for out in &manifest.outputs {
+        let path = dir.join(&out.path);
+        if !path.exists() {
+            bad.push(Mismatch { what: out.path.clone(), expected: format!("sha256 {}", out.sha256), actual: "missing".into() });
+            continue;
+        }
+        let size = std::fs::metadata(&path)?.len();
+        if size != out.size {
+            bad.push(Mismatch { what: format!("{} size", out.path), expected: out.size.to_string(), actual: size.to_string() });
+        }
+        let digest = crate::fsutil::sha256_file(&path)?;
+        if digest != out.sha256 {
+            bad.push(Mismatch { what: out.path.clone(), expected: format!("sha256 {}", out.sha256), actual: format!("sha256 {digest}") });
+        }
+    }
+    if let Some(raw) = manifest.outputs.iter().find(|o| o.kind == "raw") {
+        let path = dir.join(&raw.path);
+        if let Ok(mut f) = File::open(&path) {
+            for p in &manifest.partitions {
+                f.seek(SeekFrom::Start(p.offset))?;
+                let digest = crate::fsutil::sha256_reader(&mut (&mut f).take(p.size))?;
+                if digest != p.sha256 {
+                    bad.push(Mismatch {
+                        what: format!("{} partition {} ({}) at offset {}", raw.path, p.number, p.label, p.offset),
+                        expected: format!("sha256 {}", p.sha256),
+                        actual: format!("sha256 {digest}"),
+                    });
+                }
+            }
+        }
+    }
+    if !bad.is_empty() {
+        let lines: Vec<String> = bad.iter().map(|m| format!("  {}: expected {}, found {}", m.what, m.expected, m.actual)).collect();
+        bail!("{} does not match its signed manifest:\n{}", dir.display(), lines.join("\n"));
+    }
+    Ok(manifest)
+}

@@ -1,0 +1,7 @@
+//! `ciab-firstboot`: the service that turns a generic ciab image into one box's
+//! system on its first power-on, plus the on-disk contract (`contract`) that the
+//! builder writes and the box reads. The contract lives here, once, so the
+//! builder and the box can never disagree about it.
+
+pub mod contract;
+pub mod discover;
