@@ -27,8 +27,10 @@ pub struct BuildOptions {
     pub cache_root: PathBuf,
     /// The `ciab-firstboot` binary to install; found beside `ciab` when `None`.
     pub firstboot_bin: Option<PathBuf>,
-    /// Generate the spec's signing key when it does not exist yet.
+    /// Generate the signing key when it does not exist yet.
     pub create_key: bool,
+    /// Signing key overriding the spec's `signing.key`.
+    pub signing_key: Option<PathBuf>,
 }
 
 /// What a build produced.
@@ -62,7 +64,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildResult> {
         bail!("ciab build runs mmdebstrap as root (chroot, device nodes, file ownership): run it as root");
     }
     let firstboot_bin = find_firstboot_bin(opts.firstboot_bin.as_deref())?;
-    let secret_key = load_or_create_key(&spec.signing_key, opts.create_key)?;
+    let key_path = opts.signing_key.clone().unwrap_or_else(|| spec.signing_key.clone());
+    let secret_key = load_or_create_key(&key_path, opts.create_key)?;
 
     let identity = spec.identity_json()?;
     let spec_sha256 = crate::fsutil::sha256_bytes(identity.as_bytes());

@@ -64,6 +64,9 @@ pub struct BuildArgs {
     /// Stage and download cache [default: ${XDG_CACHE_HOME:-~/.cache}/ciab].
     #[arg(long, env = "CIAB_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// minisign secret key [default: the spec's signing.key].
+    #[arg(long)]
+    pub key: Option<PathBuf>,
     /// The ciab-firstboot binary to install [default: beside ciab].
     #[arg(long, help_heading = "Advanced")]
     pub firstboot_bin: Option<PathBuf>,

@@ -60,6 +60,7 @@ fn dispatch(command: Command) -> Result<()> {
                 cache_root: args.cache_dir.unwrap_or_else(ciab_builder::cache::default_root),
                 firstboot_bin: args.firstboot_bin,
                 create_key: !args.no_keygen,
+                signing_key: args.key,
             };
             let result = build::build(&opts)?;
             eprint!("{}", result.summary);

@@ -1,4 +1,110 @@
-//! placeholder
-use anyhow::Result;
-pub fn run(_a: &crate::cli::RunArgs) -> Result<()> { anyhow::bail!("todo") }
-pub fn up(_a: &crate::cli::UpArgs) -> Result<()> { anyhow::bail!("todo") }
+//! `ciab run` and `ciab up`: boot a built image in QEMU, interactively.
+//!
+//! The image is verified against its signed manifest before it is booted,
+//! and always runs with `-snapshot`, so the built image stays pristine.
+
+use crate::cli::{RunArgs, UpArgs};
+use crate::qemu::{self, Accel, Firmware, Machine, Network, PortForward, Serial};
+use anyhow::{bail, Context, Result};
+use ciab_firstboot::contract::MANIFEST_FILE;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long the KVM probe may take before TCG is chosen.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The disk image to boot in `path`: the file itself, or the raw (else qcow2)
+/// image of an output directory, verified first unless `verify` is false.
+pub fn resolve_image(path: &Path, verify: bool) -> Result<PathBuf> {
+    if path.is_file() {
+        return Ok(path.to_owned());
+    }
+    if !path.join(MANIFEST_FILE).is_file() {
+        bail!("{} is neither an image file nor an output directory with {MANIFEST_FILE}", path.display());
+    }
+    let manifest = if verify {
+        crate::verify::verify_dir(path, None).with_context(|| format!("refusing to boot {}", path.display()))?
+    } else {
+        serde_json::from_slice(&std::fs::read(path.join(MANIFEST_FILE))?)?
+    };
+    for kind in ["raw", "qcow2"] {
+        if let Some(out) = manifest.outputs.iter().find(|o| o.kind == kind) {
+            return Ok(path.join(&out.path));
+        }
+    }
+    bail!("{} lists no raw or qcow2 image", path.join(MANIFEST_FILE).display())
+}
+
+/// Chooses the accelerator: `auto` probes KVM (cached per boot) and falls back to TCG.
+pub fn choose_accel(setting: &str) -> Result<Accel> {
+    match setting {
+        "auto" => {
+            let decision = qemu::decide_accel(PROBE_TIMEOUT, qemu::default_probe_cache_path().as_deref());
+            tracing::info!("accelerator: {} ({:?}: {})", decision.accel, decision.source, decision.detail);
+            Ok(decision.accel)
+        }
+        other => other.parse::<Accel>().map_err(|e| anyhow::anyhow!("--accel {other}: {e}; use auto, kvm or tcg")),
+    }
+}
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    let image = resolve_image(&args.image, !args.no_verify)?;
+    let mut machine = Machine::new(&image);
+    machine.firmware = if args.bios { Firmware::Bios } else { Firmware::Uefi };
+    machine.accel = choose_accel(&args.accel)?;
+    machine.memory_mib = args.memory;
+    machine.cpus = args.cpus;
+    machine.snapshot = true;
+    machine.serial = Serial::Stdio;
+    let forwards = vec![
+        PortForward { host: args.ssh_port, guest: 22, name: "ssh".into() },
+        PortForward { host: args.status_port, guest: 8080, name: "status page".into() },
+    ];
+    machine.network = if args.no_network { Network::None } else { Network::User { forwards: forwards.clone() } };
+    let prepared = machine.command()?;
+    eprintln!("ciab: booting {} ({}, {}, {} MiB, {} vCPUs, snapshot: the image is not modified)", image.display(), machine.firmware, machine.accel, args.memory, args.cpus);
+    if args.no_network {
+        eprintln!("ciab: no network device (air-gapped)");
+    } else {
+        for f in &forwards {
+            eprintln!("ciab: {:<12} 127.0.0.1:{} -> guest port {}", f.name, f.host, f.guest);
+        }
+    }
+    eprintln!("ciab: serial console below; Ctrl-A X quits QEMU\n");
+    let mut command = prepared.command;
+    let status = command.status().context("starting qemu-system-x86_64 (package qemu-system-x86)")?;
+    if !status.success() {
+        bail!("QEMU exited with {status}");
+    }
+    Ok(())
+}
+
+pub fn up(args: &UpArgs) -> Result<()> {
+    let checks = crate::doctor::check_all();
+    crate::doctor::install_missing(&checks)?;
+    let opts = crate::build::BuildOptions {
+        spec: args.spec.clone(),
+        out: args.out.clone(),
+        cache_root: crate::cache::default_root(),
+        firstboot_bin: None,
+        create_key: true,
+        signing_key: None,
+    };
+    let result = crate::build::build(&opts)?;
+    eprint!("{}", result.summary);
+    eprintln!("ciab: image ready in {}", result.out_dir.display());
+    if args.no_run {
+        return Ok(());
+    }
+    run(&RunArgs {
+        image: result.out_dir,
+        bios: args.bios,
+        memory: 2048,
+        cpus: 2,
+        no_network: false,
+        ssh_port: 2222,
+        status_port: 8080,
+        accel: "auto".into(),
+        no_verify: false,
+    })
+}

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// Bumped when a stage's output format changes, to invalidate old cache entries.
-pub const STAGE_FORMAT: &str = "1";
+pub const STAGE_FORMAT: &str = "3";
 
 /// Everything a stage may read.
 pub struct Context<'a> {

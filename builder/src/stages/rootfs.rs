@@ -98,7 +98,10 @@ fn build(ctx: &Context, out: &Path) -> Result<()> {
         .arg("--essential-hook=printf 'MODULES=list\\nCOMPRESS=zstd\\n' > \"$1\"/etc/initramfs-tools/conf.d/ciab.conf")
         .arg(format!("--essential-hook=install -m 0755 {} \"$1\"/etc/initramfs-tools/hooks/ciab-modules", q(&hook)))
         .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {}", q(&debs)))
-        .arg("--customize-hook=rm -f \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/cache/apt/archives/partial/*.deb")
+        .arg("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/cache/apt/archives/partial")
+        // apt leaves its partial directories owned by root or by _apt depending
+        // on whether it downloaded anything: normalize both to apt's own layout.
+        .arg("--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/partial && install -d -m 0700 \"$1\"/var/cache/apt/archives/partial \"$1\"/var/lib/apt/lists/partial && chroot \"$1\" chown _apt:root /var/cache/apt/archives/partial /var/lib/apt/lists/partial")
         // Logs and caches that record when, not what.
         .arg("--customize-hook=rm -rf \"$1\"/var/log/dpkg.log \"$1\"/var/log/alternatives.log \"$1\"/var/log/apt \"$1\"/var/cache/ldconfig/aux-cache \"$1\"/var/lib/dpkg/*-old \"$1\"/etc/*- \"$1\"/var/lib/apt/lists/*_* \"$1\"/var/cache/debconf/*-old")
         .arg(&spec.debian.suite)
@@ -109,6 +112,8 @@ fn build(ctx: &Context, out: &Path) -> Result<()> {
     tracing::info!("mmdebstrap {} ({} packages requested)", spec.debian.suite, spec.packages.len());
     cmd.run().map_err(explain_mmdebstrap_error)?;
 
+    // The host cache keeps only .deb files.
+    crate::cache::remove_dir_all_if_exists(&debs.join("partial"))?;
     crate::tree::clamp_mtimes(&tree, spec.source_date_epoch)?;
     let packages = installed_packages(&tree)?;
     fs::write(out.join("packages.json"), serde_json::to_vec_pretty(&packages)?)?;

@@ -96,6 +96,7 @@ fn build(ctx: &Context, rootfs: &Rootfs, out: &Path) -> Result<()> {
         uname: &rootfs.kernel,
         work_dir: out,
         output: &uki_path,
+        timestamp: u32::try_from(ctx.epoch()).context("source_date_epoch out of range")?,
     })?;
     write(&esp.join("loader/loader.conf"), &format!("timeout {}\neditor no\nconsole-mode keep\n", spec.boot.timeout_seconds))?;
 

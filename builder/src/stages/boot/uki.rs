@@ -19,6 +19,8 @@ pub struct UkiInput<'a> {
     pub uname: &'a str,
     pub work_dir: &'a Path,
     pub output: &'a Path,
+    /// PE header timestamp: the image's source date.
+    pub timestamp: u32,
 }
 
 /// The facts of a PE32+ image that placing new sections needs.
@@ -110,7 +112,40 @@ pub fn build(input: &UkiInput) -> Result<()> {
         rva = align(rva + size, layout.section_alignment);
     }
     cmd.arg(input.stub).arg(input.output).run().context("assembling the unified kernel image")?;
+    let mut pe = std::fs::read(input.output).with_context(|| format!("reading {}", input.output.display()))?;
+    set_timestamp(&mut pe, input.timestamp)?;
+    std::fs::write(input.output, pe).with_context(|| format!("writing {}", input.output.display()))?;
     Ok(())
+}
+
+/// objcopy stamps the PE header with the current time; a reproducible image
+/// needs the source date instead, and the PE checksum recomputed over it.
+pub fn set_timestamp(pe: &mut [u8], timestamp: u32) -> Result<()> {
+    pe_layout(pe)?;
+    let coff = le32(pe, 0x3c)? as usize + 4;
+    pe[coff + 4..coff + 8].copy_from_slice(&timestamp.to_le_bytes());
+    let checksum_at = coff + 20 + 64;
+    pe[checksum_at..checksum_at + 4].copy_from_slice(&[0; 4]);
+    let sum = pe_checksum(pe, checksum_at);
+    pe[checksum_at..checksum_at + 4].copy_from_slice(&sum.to_le_bytes());
+    Ok(())
+}
+
+/// The PE image checksum (as imagehlp's CheckSumMappedFile): a 16-bit
+/// one's-complement-style sum of the file, the checksum field skipped, plus the length.
+fn pe_checksum(pe: &[u8], checksum_at: usize) -> u32 {
+    let mut sum: u64 = 0;
+    for (i, chunk) in pe.chunks(2).enumerate() {
+        let at = i * 2;
+        if at == checksum_at || at == checksum_at + 2 {
+            continue;
+        }
+        let word = u64::from(chunk[0]) | (u64::from(*chunk.get(1).unwrap_or(&0)) << 8);
+        sum += word;
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    (sum as u32).wrapping_add(pe.len() as u32)
 }
 
 #[cfg(test)]
@@ -142,6 +177,19 @@ mod tests {
             b[s + 12..s + 16].copy_from_slice(&va.to_le_bytes());
         }
         b
+    }
+
+    #[test]
+    fn timestamp_and_checksum_are_rewritten() {
+        let mut pe = synthetic_pe();
+        set_timestamp(&mut pe, 0x1234_5678).unwrap();
+        assert_eq!(le32(&pe, 0x88).unwrap(), 0x1234_5678);
+        let stored = le32(&pe, 0x84 + 20 + 64).unwrap() as u32;
+        assert_eq!(stored, pe_checksum(&pe, 0x84 + 20 + 64));
+        // The checksum depends on content.
+        let mut other = pe.clone();
+        other[0x300] = 1;
+        assert_ne!(pe_checksum(&other, 0x84 + 20 + 64), stored);
     }
 
     #[test]

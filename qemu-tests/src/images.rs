@@ -1,0 +1,79 @@
+//! Building the images the end-to-end tests boot.
+//!
+//! Builds go through the same library call as `ciab build`, with the user's
+//! stage cache (`${XDG_CACHE_HOME:-~/.cache}/ciab`, so CI and later runs reuse
+//! it), a signing key private to the test run, and outputs under
+//! `target/qemu-tests/`.
+
+use anyhow::{bail, Context, Result};
+use ciab_builder::build::{build, BuildOptions, BuildResult};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+/// The repository root (the workspace).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Scratch space for test outputs.
+pub fn work_dir() -> PathBuf {
+    repo_root().join("target/qemu-tests")
+}
+
+/// Builds the first-boot binary (release) and returns its path.
+pub fn firstboot_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(p) = BIN.get() {
+        return Ok(p.clone());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "-p", "ciab-firstboot"])
+        .current_dir(repo_root())
+        .status()
+        .context("running cargo build -p ciab-firstboot")?;
+    if !status.success() {
+        bail!("cargo build -p ciab-firstboot failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    let bin = target.join("release/ciab-firstboot");
+    let _ = BIN.set(bin.clone());
+    Ok(bin)
+}
+
+/// The signing key of this test run (created once).
+pub fn test_key() -> PathBuf {
+    work_dir().join("test-signing.key")
+}
+
+/// Options for building `spec` into `out` with `cache_root`.
+pub fn options(spec: &Path, out: &Path, cache_root: &Path) -> Result<BuildOptions> {
+    Ok(BuildOptions {
+        spec: spec.to_owned(),
+        out: out.to_owned(),
+        cache_root: cache_root.to_owned(),
+        firstboot_bin: Some(firstboot_bin()?),
+        create_key: true,
+        signing_key: Some(test_key()),
+    })
+}
+
+/// Builds with the given options; builds are serialized within a test binary
+/// (the cache lock would serialize them anyway).
+pub fn build_with(opts: &BuildOptions) -> Result<BuildResult> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    build(opts)
+}
+
+/// `images/tiny.toml` built once per test binary into `target/qemu-tests/out`.
+pub fn tiny() -> Result<PathBuf> {
+    static TINY: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(p) = TINY.get() {
+        return Ok(p.clone());
+    }
+    let opts = options(&repo_root().join("images/tiny.toml"), &work_dir().join("out"), &ciab_builder::cache::default_root())?;
+    let result = build_with(&opts)?;
+    let _ = TINY.set(result.out_dir.clone());
+    Ok(result.out_dir)
+}
