@@ -903,35 +903,4 @@ mod tests {
         );
     }
 
-    /// Investigation: full `linux` + `initrd` from the FAT ESP. Needs a real
-    /// x86_64 bzImage in CIAB_TEST_VMLINUZ (e.g. extracted from Debian's
-    /// linux-image-*-amd64 .deb); the kernel must find the initrd's /init.
-
-    fn newc_cpio(files: &[(&str, &[u8])]) -> Vec<u8> {
-        fn pad(v: &mut Vec<u8>) {
-            while !v.len().is_multiple_of(4) {
-                v.push(0);
-            }
-        }
-        let mut v = Vec::new();
-        fn entry(v: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) {
-            v.extend_from_slice(
-                format!(
-                    "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-                    0, 0, 1, 0, data.len(), 0, 0, 0, 0, name.len() + 1, 0
-                )
-                .as_bytes(),
-            );
-            v.extend_from_slice(name.as_bytes());
-            v.push(0);
-            pad(v);
-            v.extend_from_slice(data);
-            pad(v);
-        }
-        for (i, (name, data)) in files.iter().enumerate() {
-            entry(&mut v, i as u32 + 1, name, 0o100755, data);
-        }
-        entry(&mut v, 0, "TRAILER!!!", 0, &[]);
-        v
-    }
 }

@@ -1,0 +1,118 @@
+//! `ciab-bench`: the builder's numbers, each against a peer measured in the
+//! same run.
+//!
+//! - cold build of `tiny` (empty stage cache, warm .deb cache) vs plain
+//!   mmdebstrap of the same packages with the same .deb cache;
+//! - rebuild with no change, and after one overlay file changed, vs the cold build;
+//! - image sizes;
+//! - QEMU start to the first-boot ready line, UEFI and BIOS, no network.
+//!
+//! Run: `cargo run --release -p ciab-qemu-tests --bin ciab-bench` (as root).
+
+use anyhow::{Context, Result};
+use ciab_builder::exec::Cmd;
+use ciab_builder::qemu::{Firmware, Machine, Network};
+use ciab_qemu_tests::harness::Vm;
+use ciab_qemu_tests::images;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn main() -> Result<()> {
+    let work = images::work_dir().join("bench");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let cache = work.join("cache");
+    std::fs::create_dir_all(&cache)?;
+    let debs = ciab_builder::cache::default_root().join("debs");
+    std::fs::create_dir_all(&debs)?;
+    Cmd::new("cp").arg("-al").arg(&debs).arg(cache.join("debs")).run()?;
+
+    // Warm the .deb cache first so neither side pays for downloads.
+    let tiny_spec = images::repo_root().join("images/tiny.toml");
+    images::build_with(&images::options(&tiny_spec, &work.join("warm-out"), &ciab_builder::cache::default_root())?)?;
+
+    let spec = ciab_builder::spec::Spec::load(&tiny_spec)?;
+    let t = Instant::now();
+    plain_mmdebstrap(&spec, &debs, &work.join("mmdebstrap-tree"))?;
+    let mmdebstrap = t.elapsed();
+    let _ = std::fs::remove_dir_all(work.join("mmdebstrap-tree"));
+
+    // The overlay-change spec includes tiny and adds one layer.
+    let scratch = work.join("checkout");
+    std::fs::create_dir_all(scratch.join("images"))?;
+    std::fs::create_dir_all(scratch.join("overlays/extra/etc"))?;
+    std::fs::write(scratch.join("overlays/extra/etc/motd"), "one\n")?;
+    let bench_spec = scratch.join("images/bench.toml");
+    std::fs::write(&bench_spec, format!("include = [{:?}]\n[image]\nname = \"bench\"\n[overlays]\nlayers = [\"extra\"]\n", tiny_spec.display().to_string()))?;
+    let opts = images::options(&bench_spec, &work.join("out"), &cache)?;
+
+    let t = Instant::now();
+    let cold = images::build_with(&opts)?;
+    let cold_t = t.elapsed();
+    let t = Instant::now();
+    images::build_with(&opts)?;
+    let nochange_t = t.elapsed();
+    std::fs::write(scratch.join("overlays/extra/etc/motd"), "two\n")?;
+    let t = Instant::now();
+    images::build_with(&opts)?;
+    let onefile_t = t.elapsed();
+
+    let out = &cold.out_dir;
+    let manifest = ciab_builder::verify::verify_dir(out, None)?;
+    let raw = manifest.outputs.iter().find(|o| o.kind == "raw").context("no raw output")?;
+    let qcow = manifest.outputs.iter().find(|o| o.kind == "qcow2").context("no qcow2 output")?;
+    let data: u64 = manifest.disk.block_map.iter().map(|r| r.length).sum();
+
+    let uefi = time_to_ready(&out.join(&raw.path), Firmware::Uefi)?;
+    let bios = time_to_ready(&out.join(&raw.path), Firmware::Bios)?;
+
+    let s = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1 << 20) as f64);
+    println!("ciab-bench ({} on {} cores)", manifest.image.kernel, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!("{:<44} {:>10} {:>16}", "measure", "value", "ratio");
+    println!("{:<44} {:>10} {:>16}", "plain mmdebstrap, same packages, warm debs", s(mmdebstrap), "1.00 (peer)");
+    println!("{:<44} {:>10} {:>16}", "ciab cold build of tiny (warm debs)", s(cold_t), format!("{:.2}x mmdebstrap", cold_t.as_secs_f64() / mmdebstrap.as_secs_f64()));
+    println!("{:<44} {:>10} {:>16}", "rebuild, no change", s(nochange_t), format!("{:.3}x cold", nochange_t.as_secs_f64() / cold_t.as_secs_f64()));
+    println!("{:<44} {:>10} {:>16}", "rebuild, one overlay file changed", s(onefile_t), format!("{:.3}x cold", onefile_t.as_secs_f64() / cold_t.as_secs_f64()));
+    println!("{:<44} {:>10}", "raw image, apparent size", mib(raw.size));
+    println!("{:<44} {:>10}", "raw image, data (block map)", mib(data));
+    println!("{:<44} {:>10}", "qcow2 (zstd)", mib(qcow.size));
+    println!("{:<44} {:>10}", "QEMU/TCG start to ready, UEFI, no network", s(uefi));
+    println!("{:<44} {:>10}", "QEMU/TCG start to ready, BIOS, no network", s(bios));
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+fn plain_mmdebstrap(spec: &ciab_builder::spec::Spec, debs: &Path, tree: &Path) -> Result<()> {
+    let sources = ciab_builder::mirror::resolve(spec.debian.mirror.as_deref(), spec.debian.security_mirror.as_deref(), Path::new("/etc/apt"))?;
+    let q = |p: &Path| ciab_builder::exec::shell_quote(&p.to_string_lossy());
+    let mut cmd = Cmd::new("mmdebstrap")
+        .arg("--mode=root")
+        .arg(format!("--variant={}", spec.debian.variant))
+        .arg(format!("--include={}", spec.packages.join(",")))
+        .arg("--skip=download/empty")
+        .arg("--skip=essential/unlink")
+        .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/")
+        .arg(format!("--setup-hook=sync-in {} /var/cache/apt/archives/", q(debs)))
+        .arg(&spec.debian.suite)
+        .arg(tree);
+    for l in sources.lines(&spec.debian.suite, &spec.debian.components) {
+        cmd = cmd.arg(l);
+    }
+    cmd.run()?;
+    Ok(())
+}
+
+fn time_to_ready(image: &Path, firmware: Firmware) -> Result<Duration> {
+    let mut m = Machine::new(image);
+    m.firmware = firmware;
+    m.accel = ciab_builder::run::choose_accel("auto")?;
+    m.memory_mib = 1024;
+    m.cpus = 2;
+    m.snapshot = true;
+    m.network = Network::None;
+    let t = Instant::now();
+    let vm = Vm::start(&m)?;
+    vm.wait_for_line(ciab_firstboot::contract::READY_LINE, Duration::from_secs(300))?;
+    Ok(t.elapsed())
+}

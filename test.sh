@@ -1,0 +1,23 @@
+#!/bin/sh
+# The whole test suite: installs what it needs (Debian packages through
+# `ciab doctor --install`, plus the extras the tests use), then runs every
+# unit test and the end-to-end tests that build images and boot them in QEMU.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "test.sh: run as root (the build runs mmdebstrap, the tests boot QEMU)" >&2
+    exit 1
+fi
+./ciab doctor --install
+# Test-only tools: debugfs/e2fsck (e2fsprogs), setfattr (attr).
+missing=""
+command -v setfattr >/dev/null 2>&1 || missing="$missing attr"
+command -v debugfs >/dev/null 2>&1 || missing="$missing e2fsprogs"
+if [ -n "$missing" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+fi
+
+# Release mode: the tests hash and copy multi-GiB sparse images.
+cargo test --release --locked --workspace -- --test-threads=2 "$@"
