@@ -122,6 +122,33 @@ pub fn build(opts: &BuildOptions) -> Result<BuildResult> {
     Ok(BuildResult { out_dir, summary: p.summary(), stages })
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_replaces_atomically_and_sweeps_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("a.raw"), "new").unwrap();
+        let out = dir.path().join("out/img");
+        fs::create_dir_all(&out).unwrap();
+        fs::write(out.join("stale"), "old").unwrap();
+        let dead = dir.path().join("out/.img.tmp-999999999");
+        fs::create_dir_all(&dead).unwrap();
+        publish(&[src.join("a.raw")], &out).unwrap();
+        assert_eq!(fs::read_to_string(out.join("a.raw")).unwrap(), "new");
+        assert!(!out.join("stale").exists(), "the old output is replaced whole");
+        assert!(!dead.exists(), "an interrupted build's staging directory is removed");
+        assert_eq!(fs::read_dir(dir.path().join("out")).unwrap().count(), 1);
+        // A missing input fails and leaves the previous output in place.
+        assert!(publish(&[src.join("missing.raw")], &out).is_err());
+        assert_eq!(fs::read_to_string(out.join("a.raw")).unwrap(), "new");
+        assert_eq!(fs::read_dir(dir.path().join("out")).unwrap().count(), 1);
+    }
+}
+
 fn load_or_create_key(path: &Path, create: bool) -> Result<minisign::SecretKey> {
     if !path.exists() && create {
         let pk = crate::sign::keygen(path)?;
@@ -131,6 +158,22 @@ fn load_or_create_key(path: &Path, create: bool) -> Result<minisign::SecretKey> 
     crate::sign::load_secret_key(path)
 }
 
+/// Removes staging directories of builds that were killed (Ctrl-C, power loss).
+fn sweep_dead_staging(parent: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(&format!(".{name}.")) else { continue };
+        let pid = rest.strip_prefix("tmp-").or_else(|| rest.strip_prefix("old-")).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                tracing::debug!("removing {} left by an interrupted build", e.path().display());
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// Puts `files` into `out_dir` atomically: a staging directory beside it is
 /// filled (hard links from the cache where possible, sparse copies otherwise)
 /// and renamed over the old output.
@@ -138,6 +181,7 @@ pub fn publish(files: &[PathBuf], out_dir: &Path) -> Result<()> {
     let parent = out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let name = out_dir.file_name().context("output directory has no name")?.to_string_lossy().into_owned();
+    sweep_dead_staging(parent, &name);
     let staging = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     crate::cache::remove_dir_all_if_exists(&staging)?;
     fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
