@@ -136,23 +136,33 @@ fn missing_packages(missing: &[&Check]) -> Vec<&'static str> {
 }
 
 /// Installs the packages of missing tools with apt (root only).
+///
+/// Checks again after each round: installing one package can remove another
+/// (Debian's qemu-system-x86 replaces a backported qemu-utils, taking
+/// qemu-img with it), so a second round installs what went missing.
 pub fn install_missing(checks: &[Check]) -> Result<()> {
-    let missing: Vec<&Check> = checks.iter().filter(|c| c.version.is_none()).collect();
-    if missing.is_empty() {
-        return Ok(());
+    let mut checks = checks.to_vec();
+    for round in 0..2 {
+        let missing: Vec<&Check> = checks.iter().filter(|c| c.version.is_none()).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if !rustix::process::geteuid().is_root() {
+            bail!("installing packages needs root: run `sudo ciab doctor --install`");
+        }
+        let packages = missing_packages(&missing);
+        eprintln!("ciab: installing {}", packages.join(" "));
+        if round == 0 {
+            Cmd::new("apt-get").package("apt").args(["update", "-qq"]).run()?;
+        }
+        Cmd::new("apt-get")
+            .package("apt")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&packages)
+            .run()?;
+        checks = check_all();
     }
-    if !rustix::process::geteuid().is_root() {
-        bail!("installing packages needs root: run `sudo ciab doctor --install`");
-    }
-    let packages = missing_packages(&missing);
-    eprintln!("ciab: installing {}", packages.join(" "));
-    Cmd::new("apt-get").package("apt").args(["update", "-qq"]).run()?;
-    Cmd::new("apt-get")
-        .package("apt")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&packages)
-        .run()?;
     Ok(())
 }
 
