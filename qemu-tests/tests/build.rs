@@ -50,7 +50,9 @@ fn rebuilds_only_what_changed() {
 
     // One overlay file changed: mmdebstrap and the boot files are reused,
     // everything from the overlays on is rebuilt.
-    std::fs::write(dir.join("overlays/extra/etc/motd"), "two\n").unwrap();
+    // Content no earlier run can have cached.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    std::fs::write(dir.join("overlays/extra/etc/motd"), format!("changed at {nanos}\n")).unwrap();
     let changed = images::build_with(&opts).unwrap();
     let o = outcomes(&changed);
     for stage in ["rootfs", "bundle", "boot"] {

@@ -52,7 +52,8 @@ fn main() -> Result<()> {
     let t = Instant::now();
     images::build_with(&opts)?;
     let nochange_t = t.elapsed();
-    std::fs::write(scratch.join("overlays/extra/etc/motd"), "two\n")?;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    std::fs::write(scratch.join("overlays/extra/etc/motd"), format!("changed at {nanos}\n"))?;
     let t = Instant::now();
     images::build_with(&opts)?;
     let onefile_t = t.elapsed();
