@@ -74,7 +74,7 @@ impl Cache {
         let parent = entry.parent().context("cache entry has no parent")?;
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         let tmp = parent.join(format!(".tmp-{key}-{}", std::process::id()));
-        remove_dir_all_if_exists(&tmp)?;
+        remove_stage_temporary(&tmp)?;
         fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let guard = RemoveOnDrop(tmp.clone());
         build(&tmp)?;
@@ -113,13 +113,42 @@ impl Cache {
                     let pid = rest.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
                     if pid.is_none_or(|p| !Path::new(&format!("/proc/{p}")).exists()) {
                         tracing::debug!("removing stale {}", e.path().display());
-                        remove_dir_all_if_exists(&e.path())?;
+                        remove_stage_temporary(&e.path())?;
                     }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Mount points at or below `path`, deepest first, from /proc/self/mounts.
+fn mounts_below(path: &Path) -> Vec<PathBuf> {
+    let Ok(canonical) = path.canonicalize() else { return Vec::new() };
+    let Ok(table) = fs::read_to_string("/proc/self/mounts") else { return Vec::new() };
+    let mut points: Vec<PathBuf> = table
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        // /proc/self/mounts escapes spaces and tabs as octal.
+        .map(|p| PathBuf::from(p.replace("\\040", " ").replace("\\011", "\t")))
+        .filter(|p| p.starts_with(&canonical))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points
+}
+
+/// Removes the temporary tree of an interrupted stage. A killed mmdebstrap
+/// can leave /proc, /sys and /dev/pts mounted inside its chroot: those are
+/// detached first, so removal never reaches into a live kernel filesystem.
+pub fn remove_stage_temporary(path: &Path) -> Result<()> {
+    for point in mounts_below(path) {
+        tracing::warn!("detaching {} left mounted by an interrupted build", point.display());
+        crate::exec::Cmd::new("umount").package("mount").arg("--lazy").arg(&point).run()?;
+    }
+    if !mounts_below(path).is_empty() {
+        anyhow::bail!("{} still has mounts below it: remove them by hand before building again", path.display());
+    }
+    remove_dir_all_if_exists(path)
 }
 
 /// Removes a directory tree if it exists.
@@ -136,7 +165,9 @@ struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        if let Err(e) = remove_stage_temporary(&self.0) {
+            tracing::warn!("could not clean up {}: {e:#}", self.0.display());
+        }
     }
 }
 
@@ -222,6 +253,18 @@ mod tests {
         assert_eq!(err.to_string(), "disk full");
         assert!(!cache.entry("s", "k").exists());
         assert_eq!(fs::read_dir(dir.path().join("stages/s")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn stale_temporary_with_a_mount_inside_is_detached_then_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join("stages/rootfs/.tmp-k-999999998");
+        fs::create_dir_all(stale.join("tree/proc")).unwrap();
+        crate::exec::Cmd::new("mount").args(["-t", "tmpfs", "none"]).arg(stale.join("tree/proc")).run().unwrap();
+        fs::write(stale.join("tree/proc/inside"), "x").unwrap();
+        let _cache = Cache::open(dir.path()).unwrap();
+        assert!(!stale.exists());
+        assert!(mounts_below(dir.path()).is_empty());
     }
 
     #[test]

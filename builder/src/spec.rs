@@ -654,6 +654,25 @@ root_mib = 4096
         assert!(err_of(&p).contains("include cycle"));
     }
 
+    /// The shipped specs resolve, and eval carries everything tiny has.
+    #[test]
+    fn shipped_specs_resolve() {
+        let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images");
+        let tiny = Spec::load(&images.join("tiny.toml")).unwrap();
+        let eval = Spec::load(&images.join(DEFAULT_SPEC.trim_start_matches("images/"))).unwrap();
+        assert_eq!((tiny.name.as_str(), eval.name.as_str()), ("tiny", "eval"));
+        for p in &tiny.packages {
+            assert!(eval.packages.contains(p), "eval lacks tiny's {p}");
+        }
+        assert_eq!(tiny.overlays, eval.overlays);
+        assert_eq!(tiny.source_date_epoch, eval.source_date_epoch);
+        for p in crate::stages::rootfs::REQUIRED_PACKAGES {
+            assert!(tiny.packages.iter().any(|q| q == p), "tiny lacks {p}");
+        }
+        assert_eq!(tiny.debian.suite, "trixie");
+        assert!(tiny.debian.mirror.is_none(), "the shipped specs must not name a mirror host");
+    }
+
     #[test]
     fn identity_ignores_local_paths() {
         let a = tree();

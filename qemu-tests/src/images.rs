@@ -41,6 +41,21 @@ pub fn firstboot_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Builds the `ciab` binary (release) and returns its path.
+pub fn ciab_bin() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "-p", "ciab-builder"])
+        .current_dir(repo_root())
+        .status()
+        .context("running cargo build -p ciab-builder")?;
+    if !status.success() {
+        bail!("cargo build -p ciab-builder failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    Ok(target.join("release/ciab"))
+}
+
 /// The signing key of this test run (created once).
 pub fn test_key() -> PathBuf {
     work_dir().join("test-signing.key")

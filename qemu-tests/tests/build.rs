@@ -201,3 +201,58 @@ fn unknown_package_fails_with_apts_message_and_no_output() {
     assert!(err.starts_with("mmdebstrap: Unable to locate package ciab-no-such-package: check `packages.install`"), "{err}");
     assert!(!out.join("badpkg").exists(), "no output may be left behind");
 }
+
+/// Ctrl-C in the middle of mmdebstrap: the build stops with a non-zero exit,
+/// leaves no output, and the next build detaches and removes what it left.
+#[test]
+fn interrupted_build_leaves_nothing_behind() {
+    use std::os::unix::process::CommandExt;
+    let ciab = images::ciab_bin().unwrap();
+    let dir = images::work_dir().join("interrupt");
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = dir.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let out = dir.join("out");
+    let mut child = std::process::Command::new(&ciab)
+        .arg("build")
+        .arg(images::repo_root().join("images/tiny.toml"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .arg("--key")
+        .arg(images::test_key())
+        .arg("--firstboot-bin")
+        .arg(images::firstboot_bin().unwrap())
+        // Its own process group, like a job in a shell: Ctrl-C reaches the whole group.
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until mmdebstrap is at work inside the stage's temporary directory.
+    let rootfs = cache.join("stages/rootfs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let busy = std::fs::read_dir(&rootfs).map(|d| d.flatten().any(|e| e.path().join("tree/usr").exists())).unwrap_or(false);
+        if busy {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "mmdebstrap never started");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let pgid = format!("-{}", child.id());
+    ciab_builder::exec::Cmd::new("kill").args(["-INT", "--", pgid.as_str()]).run().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "an interrupted build must not exit 0");
+    assert!(!out.join("tiny").exists(), "no output after an interrupted build");
+    // Give mmdebstrap's own cleanup a moment, then open the cache as the next build would.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    drop(ciab_builder::cache::Cache::open(&cache).unwrap());
+    let left: Vec<_> = std::fs::read_dir(&rootfs).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "stage temporaries left behind: {left:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&*dir.to_string_lossy()), "mounts left behind:\n{mounts}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
