@@ -8,7 +8,7 @@ pub mod build;
 pub mod cache;
 pub mod cli;
 pub mod doctor;
-pub mod exec;
+pub use ciab_firstboot::exec;
 pub mod fsutil;
 pub mod mirror;
 pub mod progress;

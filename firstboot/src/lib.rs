@@ -3,5 +3,8 @@
 //! builder writes and the box reads. The contract lives here, once, so the
 //! builder and the box can never disagree about it.
 
+pub mod atomic;
 pub mod contract;
 pub mod discover;
+pub mod exec;
+pub mod storage;

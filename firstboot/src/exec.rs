@@ -107,7 +107,7 @@ impl Cmd {
     fn not_found(&self) -> String {
         match self.package {
             Some(pkg) => format!(
-                "{} not found: install the Debian package `{pkg}` (or run `ciab doctor --install`)",
+                "{} not found: install the Debian package `{pkg}`",
                 self.program_name()
             ),
             None => format!("{} not found in PATH", self.program_name()),
@@ -146,7 +146,7 @@ mod tests {
         let err = Cmd::new("ciab-no-such-tool").package("ciab-pkg").run().unwrap_err().to_string();
         assert_eq!(
             err,
-            "ciab-no-such-tool not found: install the Debian package `ciab-pkg` (or run `ciab doctor --install`)"
+            "ciab-no-such-tool not found: install the Debian package `ciab-pkg`"
         );
     }
 
