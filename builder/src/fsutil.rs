@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 

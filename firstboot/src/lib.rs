@@ -6,5 +6,9 @@
 pub mod atomic;
 pub mod contract;
 pub mod discover;
+pub mod engine;
+pub mod journal;
+pub mod status;
 pub mod exec;
+pub mod secrets;
 pub mod storage;
