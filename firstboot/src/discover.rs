@@ -36,6 +36,11 @@ pub struct Disk {
     pub size_bytes: u64,
     pub rotational: bool,
     pub removable: bool,
+    /// The mounted root filesystem lives on this disk (directly, or through
+    /// device-mapper/md layers). `false` when that cannot be told, e.g. a
+    /// live system whose root is an overlay.
+    #[serde(default)]
+    pub holds_root: bool,
 }
 
 /// A network interface.
@@ -88,6 +93,7 @@ fn disks(root: &Path) -> Result<Vec<Disk>> {
     let dir = root.join("sys/block");
     let mut disks = Vec::new();
     let Ok(entries) = fs::read_dir(&dir) else { return Ok(disks) };
+    let root_disk = root_disk(root);
     for entry in entries {
         let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -104,11 +110,72 @@ fn disks(root: &Path) -> Result<Vec<Disk>> {
             size_bytes: sectors * 512,
             rotational: sys_flag(&path, "queue/rotational"),
             removable: sys_flag(&path, "removable"),
+            holds_root: root_disk.as_deref() == Some(name.as_str()),
             name,
         });
     }
     disks.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(disks)
+}
+
+/// The whole disk under the mounted root filesystem, found through
+/// `/proc/self/mountinfo` (the root's `major:minor`) and the `dev` files in
+/// `/sys/block` (no symlinks, so a captured tree works).
+fn root_disk(root: &Path) -> Option<String> {
+    let mountinfo = fs::read_to_string(root.join("proc/self/mountinfo")).ok()?;
+    // Field 3 is major:minor, field 5 the mount point; the last mount on `/` is the visible one.
+    let dev = mountinfo.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(4) == Some(&"/")).then(|| fields.get(2).map(|d| (*d).to_owned())).flatten()
+    })?;
+    let kname = kernel_name_of(root, &dev)?;
+    disk_owning(root, &kname, 0)
+}
+
+/// The kernel name (`nvme0n1p2`, `dm-0`) of the block device `major:minor`.
+fn kernel_name_of(root: &Path, dev: &str) -> Option<String> {
+    let has_dev = |p: &Path| fs::read_to_string(p.join("dev")).map(|d| d.trim() == dev).unwrap_or(false);
+    for entry in fs::read_dir(root.join("sys/block")).ok()?.flatten() {
+        let path = entry.path();
+        if has_dev(&path) {
+            return Some(entry.file_name().to_string_lossy().into_owned());
+        }
+        for part in fs::read_dir(&path).into_iter().flatten().flatten() {
+            if part.path().join("partition").exists() && has_dev(&part.path()) {
+                return Some(part.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    None
+}
+
+/// The whole disk that `kname` is, or is a partition of, following
+/// device-mapper and md devices down to their first member.
+fn disk_owning(root: &Path, kname: &str, depth: u32) -> Option<String> {
+    let block = root.join("sys/block");
+    let whole = block.join(kname);
+    if whole.is_dir() {
+        if !(kname.starts_with("dm-") || kname.starts_with("md")) {
+            return Some(kname.to_owned());
+        }
+        // LVM, LUKS or RAID: the root lives on the member devices. Depth is
+        // bounded so a malformed tree cannot loop.
+        if depth >= 8 {
+            return None;
+        }
+        let mut slaves: Vec<String> = fs::read_dir(whole.join("slaves"))
+            .ok()?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        slaves.sort();
+        return slaves.iter().find_map(|s| disk_owning(root, s, depth + 1));
+    }
+    fs::read_dir(&block)
+        .ok()?
+        .flatten()
+        .find(|e| e.path().join(kname).join("partition").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
 }
 
 fn nics(root: &Path) -> Result<Vec<Nic>> {
@@ -133,6 +200,7 @@ fn nics(root: &Path) -> Result<Vec<Nic>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -159,8 +227,40 @@ mod tests {
         assert_eq!(hw.cpus, 2);
         assert_eq!(hw.memory_bytes, 2014832 * 1024);
         assert_eq!(hw.firmware, Firmware::Bios);
-        assert_eq!(hw.disks, vec![Disk { name: "vda".into(), size_bytes: 2 << 30, rotational: true, removable: false }]);
+        assert_eq!(hw.disks, vec![Disk { name: "vda".into(), size_bytes: 2 << 30, rotational: true, removable: false, holds_root: false }]);
         assert_eq!(hw.nics, vec![Nic { name: "enp0s2".into(), mac: "52:54:00:12:34:56".into(), carrier: true }]);
+    }
+
+    #[test]
+    fn finds_the_disk_under_the_root_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "proc/self/mountinfo", "22 1 0:21 / /proc rw - proc proc rw\n26 1 259:2 / / rw,relatime - ext4 /dev/nvme0n1p2 rw\n");
+        for disk in ["nvme0n1", "nvme1n1"] {
+            write(root, &format!("sys/block/{disk}/size"), "3750748848\n");
+        }
+        write(root, "sys/block/nvme0n1/dev", "259:0\n");
+        write(root, "sys/block/nvme0n1/nvme0n1p1/partition", "1\n");
+        write(root, "sys/block/nvme0n1/nvme0n1p1/dev", "259:1\n");
+        write(root, "sys/block/nvme0n1/nvme0n1p2/partition", "2\n");
+        write(root, "sys/block/nvme0n1/nvme0n1p2/dev", "259:2\n");
+        write(root, "sys/block/nvme1n1/dev", "259:3\n");
+        let names = |root: &Path| -> Vec<(String, bool)> {
+            disks(root).unwrap().into_iter().map(|d| (d.name, d.holds_root)).collect()
+        };
+        assert_eq!(names(root), vec![("nvme0n1".into(), true), ("nvme1n1".into(), false)]);
+
+        // Root on LVM on the second disk's partition.
+        write(root, "proc/self/mountinfo", "26 1 254:0 / / rw - ext4 /dev/mapper/vg-root rw\n");
+        write(root, "sys/block/dm-0/dev", "254:0\n");
+        write(root, "sys/block/dm-0/slaves/nvme1n1p3/.keep", "");
+        write(root, "sys/block/nvme1n1/nvme1n1p3/partition", "3\n");
+        write(root, "sys/block/nvme1n1/nvme1n1p3/dev", "259:7\n");
+        assert_eq!(names(root), vec![("nvme0n1".into(), false), ("nvme1n1".into(), true)]);
+
+        // A live system's overlay root is on no disk.
+        write(root, "proc/self/mountinfo", "26 1 0:30 / / rw - overlay overlay rw\n");
+        assert_eq!(names(root), vec![("nvme0n1".into(), false), ("nvme1n1".into(), false)]);
     }
 
     #[test]

@@ -10,5 +10,7 @@ pub mod engine;
 pub mod journal;
 pub mod status;
 pub mod exec;
+pub mod plan;
 pub mod secrets;
+pub mod site;
 pub mod storage;
