@@ -11,10 +11,12 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 ./ciab doctor --install
-# Test-only tools: debugfs/e2fsck (e2fsprogs), setfattr (attr).
+# Test-only tools: debugfs/e2fsck (e2fsprogs), setfattr (attr), and a real
+# browser for the status page as a person sees it (chromium).
 missing=""
 command -v setfattr >/dev/null 2>&1 || missing="$missing attr"
 command -v debugfs >/dev/null 2>&1 || missing="$missing e2fsprogs"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
 fi

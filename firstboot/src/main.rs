@@ -1,54 +1,103 @@
-//! `ciab-firstboot`: runs once on a box's first power-on.
-//!
-//! This is the minimal service of the builder milestone: it discovers the
-//! hardware, records it under /var/lib/ciab, writes the completion stamp and
-//! prints the ready line on the console. The step engine (plan, secrets,
-//! storage, network, resumable journal) replaces the body of `run` later.
+//! `ciab-firstboot`: turns a generic ciab image into this box's system on its
+//! first power-on, and shows how far it got.
 
 use anyhow::{Context, Result};
-use ciab_firstboot::{contract, discover};
-use std::path::Path;
+use ciab_firstboot::engine::{ConsoleReporter, Engine, MultiReporter, RunOutcome};
+use ciab_firstboot::status::{self, SdNotifyReporter, StatusServer};
+use ciab_firstboot::{contract, journal::Journal, steps};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
 
-const STATE_DIR: &str = "/var/lib/ciab";
+/// First boot of a ciab appliance: discover, plan, secrets, storage, network.
+#[derive(Debug, Parser)]
+#[command(name = "ciab-firstboot", version)]
+struct Cli {
+    /// State directory (journal, plan, secrets).
+    #[arg(long, default_value = "/var/lib/ciab", global = true)]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run (or resume) first boot; the default.
+    Run,
+    /// Resume a first boot that stopped in the failed state.
+    Retry,
+    /// Show each step's state.
+    Status {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the status page and /status.json.
+    ServeStatus {
+        /// TCP port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Print the discovered hardware as JSON.
+    Discover,
+}
 
 fn main() {
-    if let Err(err) = run() {
-        eprintln!("ciab-firstboot: failed: {err:#}");
-        std::process::exit(1);
+    let cli = Cli::parse();
+    match dispatch(&cli) {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("ciab-firstboot: error: {err:#}");
+            std::process::exit(1);
+        }
     }
 }
 
-fn run() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let root = args.first().map(String::as_str).unwrap_or("/");
-    let hw = discover::discover(Path::new(root))?;
-    println!(
-        "ciab-firstboot: discover: {} cpus, {} MiB RAM, firmware {:?}, kvm device {}",
-        hw.cpus,
-        hw.memory_bytes >> 20,
-        hw.firmware,
-        if hw.kvm_device { "present" } else { "absent" }
-    );
-    for d in &hw.disks {
-        println!(
-            "ciab-firstboot: discover: disk {} {} MiB{}{}",
-            d.name,
-            d.size_bytes >> 20,
-            if d.rotational { " rotational" } else { "" },
-            if d.removable { " removable" } else { "" }
-        );
+fn journal_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("firstboot.json")
+}
+
+fn dispatch(cli: &Cli) -> Result<i32> {
+    match cli.command.as_ref().unwrap_or(&Command::Run) {
+        Command::Run | Command::Retry => run(&cli.state_dir),
+        Command::Status { json } => {
+            let path = journal_path(&cli.state_dir);
+            let journal = Journal::read(&path)?.with_context(|| format!("no first-boot journal at {} yet", path.display()))?;
+            if *json {
+                println!("{}", status::to_json(&journal));
+            } else {
+                print!("{}", status::render_table(&journal));
+            }
+            Ok(0)
+        }
+        Command::ServeStatus { port } => {
+            let server = StatusServer::start(("0.0.0.0", *port), journal_path(&cli.state_dir)).with_context(|| format!("listening on port {port}"))?;
+            eprintln!("ciab-firstboot: status page on {}", server.local_addr());
+            loop {
+                std::thread::park();
+            }
+        }
+        Command::Discover => {
+            println!("{}", serde_json::to_string_pretty(&ciab_firstboot::discover::discover(Path::new("/"))?)?);
+            Ok(0)
+        }
     }
-    for n in &hw.nics {
-        println!("ciab-firstboot: discover: nic {} {} carrier={}", n.name, n.mac, n.carrier);
+}
+
+fn run(state_dir: &Path) -> Result<i32> {
+    std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+    let mut ctx = steps::Ctx::new(Path::new("/"), state_dir);
+    ctx.resume();
+    let mut engine = Engine::new(journal_path(state_dir), steps::all())?;
+    let mut reporter = MultiReporter(vec![Box::new(ConsoleReporter::stdout()), Box::new(SdNotifyReporter::from_env(true))]);
+    match engine.run(&mut ctx, &mut reporter)? {
+        RunOutcome::Done => {
+            println!("{}", contract::READY_LINE);
+            Ok(0)
+        }
+        RunOutcome::Failed { step, error } => {
+            println!("ciab-firstboot: FAILED at step {step}: {error}");
+            println!("ciab-firstboot: fix the cause, then run `ciab-firstboot retry` or reboot");
+            Ok(1)
+        }
     }
-    if root == "/" {
-        std::fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
-        let json = serde_json::to_vec_pretty(&hw)?;
-        let path = Path::new(STATE_DIR).join("hardware.json");
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
-    }
-    println!("{}", contract::READY_LINE);
-    Ok(())
 }
