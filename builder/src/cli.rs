@@ -105,6 +105,10 @@ pub struct RunArgs {
     /// Virtual CPUs.
     #[arg(long, default_value_t = 2)]
     pub cpus: u32,
+    /// Size of the virtual disk the image sits on (first boot claims the
+    /// rest); a throw-away overlay, the image itself is never written.
+    #[arg(long, default_value = "64G")]
+    pub disk_size: String,
     /// No network device at all (proves the image needs none).
     #[arg(long)]
     pub no_network: bool,

@@ -47,9 +47,29 @@ pub fn choose_accel(setting: &str) -> Result<Accel> {
     }
 }
 
+/// A throw-away qcow2 overlay of `size` over `image` in `dir`.
+pub fn overlay_disk(image: &Path, dir: &Path, size: &str) -> Result<PathBuf> {
+    let format = match qemu::detect_image_format(image)? {
+        qemu::ImageFormat::Qcow2 => "qcow2",
+        qemu::ImageFormat::Raw => "raw",
+    };
+    let disk = dir.join("disk.qcow2");
+    crate::exec::Cmd::new("qemu-img")
+        .package("qemu-utils")
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+        .arg(image.canonicalize().with_context(|| format!("resolving {}", image.display()))?)
+        .arg(&disk)
+        .arg(size)
+        .run()
+        .with_context(|| format!("creating a {size} disk over {} (is --disk-size larger than the image?)", image.display()))?;
+    Ok(disk)
+}
+
 pub fn run(args: &RunArgs) -> Result<()> {
     let image = resolve_image(&args.image, !args.no_verify)?;
-    let mut machine = Machine::new(&image);
+    let scratch = tempfile::Builder::new().prefix("ciab-run-").tempdir().context("creating a scratch directory")?;
+    let disk = overlay_disk(&image, scratch.path(), &args.disk_size)?;
+    let mut machine = Machine::new(&disk);
     machine.firmware = if args.bios { Firmware::Bios } else { Firmware::Uefi };
     machine.accel = choose_accel(&args.accel)?;
     machine.memory_mib = args.memory;
@@ -62,7 +82,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
     ];
     machine.network = if args.no_network { Network::None } else { Network::User { forwards: forwards.clone() } };
     let prepared = machine.command()?;
-    eprintln!("ciab: booting {} ({}, {}, {} MiB, {} vCPUs, snapshot: the image is not modified)", image.display(), machine.firmware, machine.accel, args.memory, args.cpus);
+    eprintln!(
+        "ciab: booting {} on a {} disk ({}, {}, {} MiB, {} vCPUs; writes go to a throw-away overlay)",
+        image.display(),
+        args.disk_size,
+        machine.firmware,
+        machine.accel,
+        args.memory,
+        args.cpus
+    );
     if args.no_network {
         eprintln!("ciab: no network device (air-gapped)");
     } else {
@@ -101,6 +129,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
         bios: args.bios,
         memory: 2048,
         cpus: 2,
+        disk_size: "64G".into(),
         no_network: false,
         ssh_port: 2222,
         status_port: 8080,

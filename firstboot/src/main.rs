@@ -83,6 +83,12 @@ fn dispatch(cli: &Cli) -> Result<i32> {
     }
 }
 
+/// VmHWM from /proc/self/status: the most memory this process held.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 fn run(state_dir: &Path) -> Result<i32> {
     std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     let mut ctx = steps::Ctx::new(Path::new("/"), state_dir);
@@ -91,6 +97,9 @@ fn run(state_dir: &Path) -> Result<i32> {
     let mut reporter = MultiReporter(vec![Box::new(ConsoleReporter::stdout()), Box::new(SdNotifyReporter::from_env(true))]);
     match engine.run(&mut ctx, &mut reporter)? {
         RunOutcome::Done => {
+            if let Some(rss) = peak_rss_kib() {
+                println!("ciab-firstboot: peak memory {} KiB", rss);
+            }
             println!("{}", contract::READY_LINE);
             Ok(0)
         }

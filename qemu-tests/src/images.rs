@@ -81,6 +81,25 @@ pub fn build_with(opts: &BuildOptions) -> Result<BuildResult> {
     build(opts)
 }
 
+/// A disk of `size` (e.g. `"8G"`) holding `image`: a qcow2 overlay, so the
+/// guest can grow into the space after the image without touching the build.
+pub fn disk_with_image(image: &Path, dir: &Path, size: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let disk = dir.join("disk.qcow2");
+    let _ = std::fs::remove_file(&disk);
+    let format = match ciab_builder::qemu::detect_image_format(image)? {
+        ciab_builder::qemu::ImageFormat::Qcow2 => "qcow2",
+        ciab_builder::qemu::ImageFormat::Raw => "raw",
+    };
+    ciab_builder::exec::Cmd::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+        .arg(image)
+        .arg(&disk)
+        .arg(size)
+        .run()?;
+    Ok(disk)
+}
+
 /// `images/tiny.toml` built once per test binary into `target/qemu-tests/out`.
 pub fn tiny() -> Result<PathBuf> {
     static TINY: OnceLock<PathBuf> = OnceLock::new();

@@ -14,7 +14,10 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 fn boot(firmware: Firmware) -> Vec<String> {
     let out = images::tiny().expect("building tiny");
     let image = ciab_builder::run::resolve_image(&out, true).expect("verified image");
-    let mut m = Machine::new(&image);
+    // First boot claims the space after the image: give it a disk with some.
+    let dir = images::work_dir().join(format!("boot-{firmware}"));
+    let disk = images::disk_with_image(&image, &dir, "8G").expect("disk");
+    let mut m = Machine::new(&disk);
     m.firmware = firmware;
     m.accel = ciab_builder::run::choose_accel("auto").expect("accel");
     m.memory_mib = 1024;
