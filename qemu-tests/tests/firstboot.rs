@@ -80,7 +80,7 @@ fn first_boot_claims_the_disk_and_resumes_after_a_power_cut() {
     // Boot 1: cut the power while the storage step is at work.
     {
         let vm = Vm::start(&machine(&disk)).unwrap();
-        vm.wait_for_line("ciab: [5/7] storage", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e:#}"));
+        vm.wait_for_line("ciab: [5/8] storage", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e:#}"));
         std::thread::sleep(Duration::from_millis(1500));
         vm.power_cut().unwrap();
         let lines = vm.serial_lines();
@@ -95,7 +95,7 @@ fn first_boot_claims_the_disk_and_resumes_after_a_power_cut() {
     vm.power_cut().unwrap();
     drop(vm);
     assert!(!lines.iter().any(|l| l.contains("ciab-firstboot: discover: disk")), "discover must not run again: {lines:#?}");
-    assert!(lines.iter().any(|l| l.contains("ciab: [5/7] storage") && l.contains(" ok ")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("ciab: [5/8] storage") && l.contains(" ok ")), "{lines:#?}");
 
     // The plan the box printed, and the volumes it reports, agree.
     let plan_line = lines.iter().rev().find_map(|l| l.split_once("ciab-firstboot: plan: ").map(|(_, j)| j.to_owned()));
@@ -165,7 +165,7 @@ fn bad_site_config_stops_first_boot_visibly() {
     // The console may split a long line; the message is whole in the stream.
     let serial: String = vm.serial_lines().concat();
     assert!(serial.contains(expected), "{expected:?} not on serial:\n{serial}");
-    assert!(!vm.serial_lines().iter().any(|l| l.contains("[3/7] plan")), "nothing after the failed step may run");
+    assert!(!vm.serial_lines().iter().any(|l| l.contains("[3/8] plan")), "nothing after the failed step may run");
 
     // The status page answers through the port forward once its service is up.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
