@@ -87,15 +87,30 @@ fn first_boot_claims_the_disk_and_resumes_after_a_power_cut() {
         assert!(!lines.iter().any(|l| l.contains(READY_LINE)), "the cut came too late: {lines:#?}");
     }
 
-    // Boot 2: first boot resumes and completes.
-    let vm = Vm::start(&machine(&disk)).unwrap();
+    // Boot 2, now with a NIC: storage resumes; cut the power again while the
+    // network step restarts networkd and waits for its DHCP lease.
+    let mut with_nic = machine(&disk);
+    with_nic.network = Network::User { forwards: Vec::new() };
+    let boot2 = {
+        let vm = Vm::start(&with_nic).unwrap();
+        vm.wait_for_line("ciab: [6/8] network", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e:#}"));
+        vm.power_cut().unwrap();
+        let lines = vm.serial_lines();
+        assert!(!lines.iter().any(|l| l.contains("[6/8] network") && (l.contains(" ok ") || l.contains("already done"))), "the cut came too late: {lines:#?}");
+        assert!(lines.iter().any(|l| l.contains("ciab: [5/8] storage") && l.contains(" ok ")), "storage resumes in boot 2: {lines:#?}");
+        lines
+    };
+
+    // Boot 3: first boot resumes at the network step and completes.
+    let vm = Vm::start(&with_nic).unwrap();
     vm.wait_for_line(READY_LINE, BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e:#}"));
     let lines = vm.serial_lines();
     // Pull the plug again: what is checked below is what survives it.
     vm.power_cut().unwrap();
     drop(vm);
     assert!(!lines.iter().any(|l| l.contains("ciab-firstboot: discover: disk")), "discover must not run again: {lines:#?}");
-    assert!(lines.iter().any(|l| l.contains("ciab: [5/8] storage") && l.contains(" ok ")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("ciab: [5/8] storage") && l.contains("done (earlier run)")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("ciab: [6/8] network") && (l.contains(" ok ") || l.contains("already done"))), "{lines:#?}");
 
     // The plan the box printed, and the volumes it reports, agree.
     let plan_line = lines.iter().rev().find_map(|l| l.split_once("ciab-firstboot: plan: ").map(|(_, j)| j.to_owned()));
@@ -103,8 +118,10 @@ fn first_boot_claims_the_disk_and_resumes_after_a_power_cut() {
     assert_eq!(journal["state"], "done", "{journal:#}");
     let steps = journal["steps"].as_array().unwrap();
     assert!(steps.iter().all(|s| s["state"] == "done"), "{journal:#}");
-    let storage = steps.iter().find(|s| s["name"] == "storage").unwrap();
-    assert_eq!(storage["interrupted"], 1, "the power cut is on record: {storage:#}");
+    for (name, cuts) in [("storage", 1), ("network", 1), ("discover", 0)] {
+        let step = steps.iter().find(|s| s["name"] == name).unwrap();
+        assert_eq!(step["interrupted"], cuts, "power cuts on record for {name}: {step:#}");
+    }
     let plan: serde_json::Value = match plan_line {
         Some(p) => serde_json::from_str(&p).unwrap(),
         None => serde_json::from_str(&read_guest_file(&disk, "/var/lib/ciab/plan.json")).unwrap(),
@@ -112,7 +129,7 @@ fn first_boot_claims_the_disk_and_resumes_after_a_power_cut() {
     let appliance_gib = plan["storage"]["appliance_gib"].as_u64().unwrap();
     assert!(appliance_gib > 0);
     let lv_line = format!("ciab-firstboot: storage: lv ciab/appliance {} MiB", appliance_gib * 1024);
-    assert!(lines.iter().any(|l| l.contains(&lv_line)), "expected {lv_line:?}: {lines:#?}");
+    assert!(boot2.iter().any(|l| l.contains(&lv_line)), "expected {lv_line:?}: {boot2:#?}");
 
     // Exactly one data partition, spanning the rest of the 40 GB disk.
     let parts = partitions(&disk);

@@ -43,7 +43,8 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(scratch.join("overlays/extra/etc"))?;
     std::fs::write(scratch.join("overlays/extra/etc/motd"), "one\n")?;
     let bench_spec = scratch.join("images/bench.toml");
-    std::fs::write(&bench_spec, format!("include = [{:?}]\n[image]\nname = \"bench\"\n[overlays]\nlayers = [\"extra\"]\n", tiny_spec.display().to_string()))?;
+    // Named `tiny`: first boot takes its sizing profile from the image name.
+    std::fs::write(&bench_spec, format!("include = [{:?}]\n[overlays]\nlayers = [\"extra\"]\n", tiny_spec.display().to_string()))?;
     let opts = images::options(&bench_spec, &work.join("out"), &cache)?;
 
     let t = Instant::now();
@@ -105,7 +106,9 @@ fn plain_mmdebstrap(spec: &ciab_builder::spec::Spec, debs: &Path, tree: &Path) -
 }
 
 fn time_to_ready(image: &Path, firmware: Firmware) -> Result<Duration> {
-    let mut m = Machine::new(image);
+    // First boot claims the disk after the image: give it an 8 GB one.
+    let disk = images::disk_with_image(image, &images::work_dir().join(format!("bench-{firmware}")), "8G")?;
+    let mut m = Machine::new(&disk);
     m.firmware = firmware;
     m.accel = ciab_builder::run::choose_accel("auto")?;
     m.memory_mib = 1024;
