@@ -20,40 +20,36 @@ pub fn work_dir() -> PathBuf {
     repo_root().join("target/qemu-tests")
 }
 
-/// Builds the first-boot binary (release) and returns its path.
+/// Builds `package` (release) with the cargo running the tests and returns
+/// the path of its binary `bin`.
+fn cargo_build(package: &str, bin: &str) -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "-p", package])
+        .current_dir(repo_root())
+        .status()
+        .with_context(|| format!("running cargo build -p {package}"))?;
+    if !status.success() {
+        bail!("cargo build -p {package} failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    Ok(target.join("release").join(bin))
+}
+
+/// The first-boot binary (built once per test binary).
 pub fn firstboot_bin() -> Result<PathBuf> {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     if let Some(p) = BIN.get() {
         return Ok(p.clone());
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--release", "-p", "ciab-firstboot"])
-        .current_dir(repo_root())
-        .status()
-        .context("running cargo build -p ciab-firstboot")?;
-    if !status.success() {
-        bail!("cargo build -p ciab-firstboot failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
-    let bin = target.join("release/ciab-firstboot");
+    let bin = cargo_build("ciab-firstboot", "ciab-firstboot")?;
     let _ = BIN.set(bin.clone());
     Ok(bin)
 }
 
-/// Builds the `ciab` binary (release) and returns its path.
+/// The `ciab` binary.
 pub fn ciab_bin() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--release", "-p", "ciab-builder"])
-        .current_dir(repo_root())
-        .status()
-        .context("running cargo build -p ciab-builder")?;
-    if !status.success() {
-        bail!("cargo build -p ciab-builder failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
-    Ok(target.join("release/ciab"))
+    cargo_build("ciab-builder", "ciab")
 }
 
 /// The signing key of this test run (created once).
@@ -81,23 +77,13 @@ pub fn build_with(opts: &BuildOptions) -> Result<BuildResult> {
     build(opts)
 }
 
-/// A disk of `size` (e.g. `"8G"`) holding `image`: a qcow2 overlay, so the
-/// guest can grow into the space after the image without touching the build.
+/// A disk of `size` (e.g. `"8G"`) holding `image`: the same throw-away
+/// overlay `ciab run` boots on, so the guest can grow into the space after
+/// the image without touching the build.
 pub fn disk_with_image(image: &Path, dir: &Path, size: &str) -> Result<PathBuf> {
+    let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
-    let disk = dir.join("disk.qcow2");
-    let _ = std::fs::remove_file(&disk);
-    let format = match ciab_builder::qemu::detect_image_format(image)? {
-        ciab_builder::qemu::ImageFormat::Qcow2 => "qcow2",
-        ciab_builder::qemu::ImageFormat::Raw => "raw",
-    };
-    ciab_builder::exec::Cmd::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
-        .arg(image)
-        .arg(&disk)
-        .arg(size)
-        .run()?;
-    Ok(disk)
+    ciab_builder::run::overlay_disk(image, dir, size)
 }
 
 /// `images/tiny.toml` built once per test binary into `target/qemu-tests/out`.

@@ -17,10 +17,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 fn disk_with_image(dir: &Path) -> PathBuf {
     let out = images::tiny().unwrap();
     let raw = ciab_builder::run::resolve_image(&out, true).unwrap();
-    let disk = dir.join("box.qcow2");
-    let _ = std::fs::remove_file(&disk);
-    Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&raw).arg(&disk).arg("40G").run().unwrap();
-    disk
+    images::disk_with_image(&raw, &dir.join("disk"), "40G").unwrap()
 }
 
 fn machine(disk: &Path) -> Machine {
