@@ -99,11 +99,12 @@ pub struct RunArgs {
     /// Boot with SeaBIOS (legacy BIOS) instead of OVMF (UEFI).
     #[arg(long)]
     pub bios: bool,
-    /// Memory in MiB.
-    #[arg(long, default_value_t = 2048)]
+    /// Memory in MiB (the eval profile's minimum is 12 GiB; the guest only
+    /// touches what it uses).
+    #[arg(long, default_value_t = 12288)]
     pub memory: u32,
-    /// Virtual CPUs.
-    #[arg(long, default_value_t = 2)]
+    /// Virtual CPUs (the eval profile's minimum is 4).
+    #[arg(long, default_value_t = 4)]
     pub cpus: u32,
     /// Size of the virtual disk the image sits on (first boot claims the
     /// rest); a throw-away overlay, the image itself is never written.

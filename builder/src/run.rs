@@ -127,8 +127,8 @@ pub fn up(args: &UpArgs) -> Result<()> {
     run(&RunArgs {
         image: result.out_dir,
         bios: args.bios,
-        memory: 2048,
-        cpus: 2,
+        memory: 12288,
+        cpus: 4,
         disk_size: "64G".into(),
         no_network: false,
         ssh_port: 2222,
