@@ -1103,24 +1103,16 @@ fn read_cache(path: &Path, key: &Value) -> Result<Option<AccelDecision>> {
 }
 
 fn write_cache(path: &Path, key: &Value, accel: Accel, detail: &str) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| anyhow!("cache path has no parent"))?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let probed_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let v =
         json!({ "key": key, "accel": accel.to_string(), "detail": detail, "probed_at": probed_at });
-    // Write atomically so concurrent runs never read a torn file.
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating temp file in {}", dir.display()))?;
-    serde_json::to_writer_pretty(&mut tmp, &v).context("serialising cache")?;
-    tmp.write_all(b"\n").context("writing cache")?;
-    tmp.persist(path)
-        .with_context(|| format!("renaming cache into {}", path.display()))?;
-    Ok(())
+    let mut text = serde_json::to_vec_pretty(&v).context("serialising cache")?;
+    text.push(b'\n');
+    // Atomic, so concurrent runs never read a torn file.
+    crate::fsutil::write_atomic(path, &text)
 }
 
 // ---------------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 use anyhow::{bail, Context, Result};
 use ciab_firstboot::contract::{Manifest, MANIFEST_FILE, MANIFEST_SIG_FILE};
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// One thing that does not match.
@@ -39,24 +37,19 @@ pub fn verify_dir(dir: &Path, pubkey: Option<&Path>) -> Result<Manifest> {
         if size != out.size {
             bad.push(Mismatch { what: format!("{} size", out.path), expected: out.size.to_string(), actual: size.to_string() });
         }
-        let digest = crate::fsutil::sha256_file(&path)?;
+        // The raw image and its partitions are hashed in one read.
+        let ranges: Vec<(u64, u64)> = if out.kind == "raw" { manifest.partitions.iter().map(|p| (p.offset, p.size)).collect() } else { Vec::new() };
+        let (digest, part_digests) = crate::fsutil::sha256_file_and_ranges(&path, &ranges)?;
         if digest != out.sha256 {
             bad.push(Mismatch { what: out.path.clone(), expected: format!("sha256 {}", out.sha256), actual: format!("sha256 {digest}") });
         }
-    }
-    if let Some(raw) = manifest.outputs.iter().find(|o| o.kind == "raw") {
-        let path = dir.join(&raw.path);
-        if let Ok(mut f) = File::open(&path) {
-            for p in &manifest.partitions {
-                f.seek(SeekFrom::Start(p.offset))?;
-                let digest = crate::fsutil::sha256_reader(&mut (&mut f).take(p.size))?;
-                if digest != p.sha256 {
-                    bad.push(Mismatch {
-                        what: format!("{} partition {} ({}) at offset {}", raw.path, p.number, p.label, p.offset),
-                        expected: format!("sha256 {}", p.sha256),
-                        actual: format!("sha256 {digest}"),
-                    });
-                }
+        for (p, digest) in manifest.partitions.iter().zip(part_digests) {
+            if digest != p.sha256 {
+                bad.push(Mismatch {
+                    what: format!("{} partition {} ({}) at offset {}", out.path, p.number, p.label, p.offset),
+                    expected: format!("sha256 {}", p.sha256),
+                    actual: format!("sha256 {digest}"),
+                });
             }
         }
     }

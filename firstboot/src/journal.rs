@@ -11,13 +11,15 @@
 //! files removed). [`Journal::read`] is the side-effect-free reader used by
 //! status displays.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+
+pub use crate::atomic::{sync_dir, write_atomic};
+use crate::atomic::remove_stale_temps;
 use serde::{Deserialize, Serialize};
 
 /// Version of the on-disk schema written by this code.
@@ -321,51 +323,6 @@ fn file_name_lossy(path: &Path) -> String {
         .unwrap_or_else(|| "journal".to_string())
 }
 
-/// Prefix of the temp files used by [`write_atomic`] for `path`.
-fn temp_prefix(path: &Path) -> String {
-    format!(".{}.tmp-", file_name_lossy(path))
-}
-
-/// fsync a directory so that a rename inside it is durable.
-pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("fsync of directory {}", dir.display()))
-}
-
-/// Atomically replace `path` with `bytes` (see module docs).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = parent_dir(path);
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        "{}{}-{}",
-        temp_prefix(path),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| -> anyhow::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all()
-            .with_context(|| format!("fsync of {}", tmp.display()))?;
-        drop(f);
-        fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    sync_dir(&dir)
-}
-
 /// Rename an unreadable journal to `<name>.corrupt-<n>` with the lowest free n.
 fn move_aside(path: &Path) -> anyhow::Result<PathBuf> {
     let dir = parent_dir(path);
@@ -389,21 +346,6 @@ fn move_aside(path: &Path) -> anyhow::Result<PathBuf> {
         "too many {base}.corrupt-* files in {}; clean them up",
         dir.display()
     )
-}
-
-/// Remove temp files left behind by a write cut short by a power loss.
-/// Best effort: failure to clean up is harmless.
-fn remove_stale_temps(path: &Path) {
-    let dir = parent_dir(path);
-    let prefix = temp_prefix(path);
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
 }
 
 #[cfg(test)]

@@ -13,8 +13,6 @@ use ciab_firstboot::contract::{
     DiskInfo, ImageInfo, Manifest, OutputFile, PackageInfo, PartitionInfo, PartitionRole, StageKey, MANIFEST_FILE, MANIFEST_SCHEMA,
     MANIFEST_SIG_FILE, SBOM_FILE,
 };
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Output of the manifest stage: a directory holding the three files.
@@ -69,7 +67,7 @@ fn build_manifest(ctx: &Context, input: &ManifestInput, sbom: &Path) -> Result<M
     let spec = ctx.spec;
     let raw = &input.disk.raw;
     let ranges: Vec<(u64, u64)> = input.disk.layout.slots.iter().map(|s| (s.offset, s.size)).collect();
-    let (raw_sha, part_shas) = hash_with_ranges(raw, &ranges)?;
+    let (raw_sha, part_shas) = crate::fsutil::sha256_file_and_ranges(raw, &ranges)?;
     let mut outputs = Vec::new();
     if spec.formats.contains(&OutputFormat::Raw) {
         outputs.push(OutputFile {
@@ -123,34 +121,6 @@ fn build_manifest(ctx: &Context, input: &ManifestInput, sbom: &Path) -> Result<M
         tools: ctx.tools.clone(),
         stages: input.stages.clone(),
     })
-}
-
-/// sha256 of the whole file and of each `(offset, length)` range, in one
-/// sequential read (the raw image is GiBs; reading it once halves the time).
-pub fn hash_with_ranges(path: &Path, ranges: &[(u64, u64)]) -> Result<(String, Vec<String>)> {
-    use sha2::{Digest, Sha256};
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut whole = Sha256::new();
-    let mut parts: Vec<Sha256> = ranges.iter().map(|_| Sha256::new()).collect();
-    let mut buf = vec![0u8; 4 << 20];
-    let mut pos = 0u64;
-    loop {
-        let n = file.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        let chunk = &buf[..n];
-        whole.update(chunk);
-        let end = pos + n as u64;
-        for ((off, len), h) in ranges.iter().zip(parts.iter_mut()) {
-            let (a, b) = ((*off).max(pos), (off + len).min(end));
-            if a < b {
-                h.update(&chunk[(a - pos) as usize..(b - pos) as usize]);
-            }
-        }
-        pos = end;
-    }
-    Ok((hex::encode(whole.finalize()), parts.into_iter().map(|h| hex::encode(h.finalize())).collect()))
 }
 
 /// `2025-01-01T00:00:00Z` from a Unix timestamp (UTC, proleptic Gregorian).
@@ -240,21 +210,6 @@ fn purl_escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn one_pass_hashes_match_separate_hashes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
-        // Ranges crossing the 4 MiB read size, one at the very end.
-        let ranges = [(0u64, 100u64), (4 << 20, 3 << 20), ((4 << 20) - 10, 20), ((9 << 20) - 5, 5)];
-        let (whole, parts) = hash_with_ranges(&path, &ranges).unwrap();
-        assert_eq!(whole, crate::fsutil::sha256_bytes(&data));
-        for ((off, len), got) in ranges.iter().zip(parts) {
-            assert_eq!(got, crate::fsutil::sha256_bytes(&data[*off as usize..(off + len) as usize]));
-        }
-    }
 
     #[test]
     fn iso_dates() {
