@@ -1,35 +1,15 @@
-//! Where a sparse file holds data: SEEK_DATA/SEEK_HOLE ranges, zero-skipping
-//! copies, and the block map the manifest records for flashing.
+//! Zero-skipping copies between sparse files. Where a file holds data (and
+//! the block map the manifest records) is `ciab_firstboot::sparse`, shared
+//! with the flash engine.
 
 use anyhow::{Context, Result};
-use ciab_firstboot::contract::ByteRange;
-use rustix::fs::SeekFrom;
+pub use ciab_firstboot::sparse::{block_map, data_ranges, MAP_BLOCK};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// Granularity of zero detection while copying.
 const BLOCK: usize = 64 * 1024;
-
-/// The data ranges of `file` as the filesystem reports them (holes excluded).
-pub fn data_ranges(file: &File) -> Result<Vec<ByteRange>> {
-    let len = file.metadata()?.len();
-    let mut ranges = Vec::new();
-    let mut pos = 0u64;
-    while pos < len {
-        let start = match rustix::fs::seek(file, SeekFrom::Data(pos as i64)) {
-            Ok(p) => p,
-            Err(rustix::io::Errno::NXIO) => break,
-            Err(e) => return Err(e).context("SEEK_DATA"),
-        };
-        let end = rustix::fs::seek(file, SeekFrom::Hole(start as i64)).context("SEEK_HOLE")?.min(len);
-        if end > start {
-            ranges.push(ByteRange { offset: start, length: end - start });
-        }
-        pos = end;
-    }
-    Ok(ranges)
-}
 
 /// Bytes of `path` that are not holes.
 pub fn allocated_bytes(path: &Path) -> Result<u64> {
@@ -59,38 +39,6 @@ pub fn copy_sparse(src: &File, dst: &File, dst_offset: u64) -> Result<u64> {
         }
     }
     Ok(written)
-}
-
-/// Granularity of the block map: the page and filesystem block size.
-pub const MAP_BLOCK: u64 = 4096;
-
-/// The block map of a finished image: the 4 KiB blocks that hold non-zero
-/// bytes, merged into ranges. Computed from content, so it does not depend on
-/// how the filesystem under the file allocates.
-pub fn block_map(path: &Path) -> Result<Vec<ByteRange>> {
-    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut out: Vec<ByteRange> = Vec::new();
-    let mut buf = vec![0u8; 16 * BLOCK];
-    for range in data_ranges(&f)? {
-        let mut pos = range.offset / MAP_BLOCK * MAP_BLOCK;
-        let end = range.offset + range.length;
-        while pos < end {
-            let n = ((end - pos) as usize).min(buf.len());
-            f.read_exact_at(&mut buf[..n], pos).with_context(|| format!("reading {}", path.display()))?;
-            for (i, chunk) in buf[..n].chunks(MAP_BLOCK as usize).enumerate() {
-                if chunk.iter().all(|&b| b == 0) {
-                    continue;
-                }
-                let at = pos + i as u64 * MAP_BLOCK;
-                match out.last_mut() {
-                    Some(last) if last.offset + last.length >= at => last.length = at + chunk.len() as u64 - last.offset,
-                    _ => out.push(ByteRange { offset: at, length: chunk.len() as u64 }),
-                }
-            }
-            pos += n as u64;
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -123,7 +71,7 @@ mod tests {
         dst.read_exact_at(&mut b, (9 << 20) - 1).unwrap();
         assert_eq!(b[0], 2);
         assert!(allocated_bytes(&dst_path).unwrap() <= 2 * BLOCK as u64);
-        let map = block_map(&dst_path).unwrap();
-        assert_eq!(map, vec![ByteRange { offset: 2 << 20, length: MAP_BLOCK }, ByteRange { offset: (9 << 20) - MAP_BLOCK, length: MAP_BLOCK }]);
+        let map: Vec<(u64, u64)> = block_map(&dst_path).unwrap().iter().map(|r| (r.offset, r.length)).collect();
+        assert_eq!(map, vec![(2 << 20, MAP_BLOCK), ((9 << 20) - MAP_BLOCK, MAP_BLOCK)]);
     }
 }

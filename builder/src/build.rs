@@ -108,6 +108,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildResult> {
     let mut files: Vec<PathBuf> = Vec::new();
     if spec.formats.contains(&crate::spec::OutputFormat::Raw) {
         files.push(disk.raw.clone());
+        files.push(signed.dir.join(stages::manifest::bmap_name(&ctx)));
     }
     files.extend(formats.files.iter().map(|(_, p)| p.clone()));
     for f in [MANIFEST_FILE, MANIFEST_SIG_FILE, SBOM_FILE, crate::sign::PUBLIC_KEY_FILE] {

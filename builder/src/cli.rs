@@ -30,6 +30,13 @@ pub enum Command {
     Build(BuildArgs),
     /// Check an output directory's signature and every digest in its manifest.
     Verify(VerifyArgs),
+    /// Write a signed image (or its installer ISO) to a disk or USB stick.
+    ///
+    /// Checks the signature, refuses disks that are mounted, hold the running
+    /// system or are too small, asks before overwriting (unless --yes), writes
+    /// only the image's data ranges, zeroes the rest, then reads every range
+    /// back and compares it with the signed block map.
+    Flash(FlashArgs),
     /// Create a minisign signing key pair.
     Keygen(KeygenArgs),
     /// Boot a built image in QEMU with the serial console on this terminal.
@@ -79,6 +86,28 @@ pub struct BuildArgs {
 pub struct VerifyArgs {
     /// The output directory (out/<name>).
     pub dir: PathBuf,
+    /// Public key to check the signature with [default: the directory's
+    /// signing.pub: proves integrity only; pass yours to prove origin].
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct FlashArgs {
+    /// The output directory (out/<name>), its .raw image or its .iso installer.
+    pub image: PathBuf,
+    /// The whole disk to overwrite (/dev/sdX), or a file with --to-file.
+    pub target: PathBuf,
+    /// Write the installer ISO instead of the disk image (for a USB stick
+    /// that installs the image onto a box's internal disk).
+    #[arg(long)]
+    pub installer: bool,
+    /// The target is a regular file (created, or replaced when verified).
+    #[arg(long)]
+    pub to_file: bool,
+    /// Do not ask before overwriting.
+    #[arg(short, long)]
+    pub yes: bool,
     /// Public key to check the signature with [default: the directory's
     /// signing.pub: proves integrity only; pass yours to prove origin].
     #[arg(long)]

@@ -4,10 +4,12 @@
 //! each verb lives in its own module.
 
 pub mod blockmap;
+pub mod bmap;
 pub mod build;
 pub mod cache;
 pub mod cli;
 pub mod doctor;
+pub mod flash;
 pub use ciab_firstboot::exec;
 pub mod fsutil;
 pub mod mirror;

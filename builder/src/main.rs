@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use ciab_builder::cli::{Cli, Command};
-use ciab_builder::{build, doctor, run, sign, spec, verify};
+use ciab_builder::{build, doctor, flash, run, sign, spec, verify};
 use clap::Parser;
 
 /// Exit codes: 1 failure, 2 usage (clap), 65 invalid spec, 69 missing host tools.
@@ -78,6 +78,7 @@ fn dispatch(command: Command) -> Result<()> {
             println!("secret key: {}\npublic key: {}\n{}", path.display(), sign::public_key_path(&path).display(), pk.to_base64());
             Ok(())
         }
+        Command::Flash(args) => flash::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Up(args) => run::up(&args),
     }

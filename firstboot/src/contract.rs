@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version of `manifest.json`'s layout.
-pub const MANIFEST_SCHEMA: u32 = 1;
+pub const MANIFEST_SCHEMA: u32 = 2;
 /// File name of the manifest in an output directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// File name of the manifest's detached minisign signature.
@@ -133,17 +133,46 @@ pub struct DiskInfo {
     pub size: u64,
     pub sector_size: u64,
     pub disk_guid: String,
-    /// Ranges of the raw image that hold data; everything else is zero.
-    /// Flashing writes only these.
-    pub block_map: Vec<ByteRange>,
+    /// Ranges of the raw image that hold data; every byte outside them is
+    /// zero. Flashing writes only these and zeroes (or discards) the rest.
+    pub block_map: Vec<MappedRange>,
 }
 
-/// A byte range `[offset, offset + length)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A range of an image that holds data, with the sha256 of its bytes: what
+/// `ciab flash` and the installer check before writing and after reading
+/// back. Ranges are 4 KiB aligned and at most [`MAX_MAPPED_RANGE`] long, so
+/// a mismatch names a small region and a range fits in memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ByteRange {
+pub struct MappedRange {
     pub offset: u64,
     pub length: u64,
+    pub sha256: String,
+}
+
+/// Longest [`MappedRange`]: 16 MiB.
+pub const MAX_MAPPED_RANGE: u64 = 16 << 20;
+
+/// File name of the installer ISO's signed description, beside the ISO.
+pub const INSTALLER_FILE: &str = "installer.json";
+/// File name of its detached minisign signature.
+pub const INSTALLER_SIG_FILE: &str = "installer.json.minisig";
+
+/// `installer.json`: the installer ISO of an image, signed like the
+/// manifest. The ISO embeds the signed manifest, so the manifest cannot name
+/// the ISO's digest; this file does, and adds the ISO's block map so
+/// `ciab flash` writes a USB stick the way it writes a disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallerInfo {
+    /// Layout version, [`MANIFEST_SCHEMA`].
+    pub schema: u32,
+    /// The image the installer carries (its manifest's `image.name`).
+    pub image: String,
+    /// sha256 of the `manifest.json` embedded in the ISO.
+    pub manifest_sha256: String,
+    pub iso: OutputFile,
+    pub block_map: Vec<MappedRange>,
 }
 
 /// One GPT partition.

@@ -4,6 +4,7 @@
 //! builder and the box can never disagree about it.
 
 pub mod atomic;
+pub mod blockdev;
 pub mod contract;
 pub mod discover;
 pub mod engine;
@@ -11,9 +12,11 @@ pub mod journal;
 pub mod network;
 pub mod status;
 pub mod exec;
+pub mod flash;
 pub mod plan;
 pub mod secrets;
 pub mod site;
 pub mod site_source;
+pub mod sparse;
 pub mod steps;
 pub mod storage;

@@ -10,7 +10,7 @@ use crate::spec::OutputFormat;
 use crate::stages::{disk::Disk, formats::Formats, rootfs::Rootfs};
 use anyhow::{Context as _, Result};
 use ciab_firstboot::contract::{
-    DiskInfo, ImageInfo, Manifest, OutputFile, PackageInfo, PartitionInfo, PartitionRole, StageKey, MANIFEST_FILE, MANIFEST_SCHEMA,
+    DiskInfo, ImageInfo, Manifest, MappedRange, OutputFile, PackageInfo, PartitionInfo, PartitionRole, StageKey, MANIFEST_FILE, MANIFEST_SCHEMA,
     MANIFEST_SIG_FILE, SBOM_FILE,
 };
 use std::path::{Path, PathBuf};
@@ -34,6 +34,7 @@ pub fn run(ctx: &Context, input: &ManifestInput) -> Result<(Signed, Outcome, Opt
     let pubkey = crate::sign::public_key_text(input.secret_key)?;
     let key = KeyBuilder::new("manifest")
         .add("format", STAGE_FORMAT)
+        .add("manifest_schema", MANIFEST_SCHEMA.to_string())
         .add("disk", &input.disk.key)
         .add("formats", &input.formats.key)
         .add("stages", serde_json::to_string(&input.stages)?)
@@ -43,7 +44,12 @@ pub fn run(ctx: &Context, input: &ManifestInput) -> Result<(Signed, Outcome, Opt
     let (dir, cached) = ctx.cache.get_or_build("manifest", &key, |tmp| {
         let sbom = sbom_json(ctx, &input.rootfs.packages)?;
         std::fs::write(tmp.join(SBOM_FILE), &sbom)?;
-        let manifest = build_manifest(ctx, input, &tmp.join(SBOM_FILE))?;
+        let block_map = crate::blockmap::block_map(&input.disk.raw)?;
+        let bmap = ctx.spec.formats.contains(&OutputFormat::Raw).then(|| tmp.join(bmap_name(ctx)));
+        if let Some(bmap) = &bmap {
+            std::fs::write(bmap, crate::bmap::render(input.disk.layout.size, &block_map)?)?;
+        }
+        let manifest = build_manifest(ctx, input, &tmp.join(SBOM_FILE), bmap.as_deref(), block_map)?;
         let json = serde_json::to_vec_pretty(&manifest)?;
         std::fs::write(tmp.join(MANIFEST_FILE), &json)?;
         let sig = crate::sign::sign(input.secret_key, &json, MANIFEST_FILE)?;
@@ -63,7 +69,12 @@ fn output_file(path: &Path, kind: &str) -> Result<OutputFile> {
     })
 }
 
-fn build_manifest(ctx: &Context, input: &ManifestInput, sbom: &Path) -> Result<Manifest> {
+/// `<name>.bmap`: the raw image's block map for `bmaptool copy`.
+pub fn bmap_name(ctx: &Context) -> String {
+    format!("{}.bmap", ctx.spec.name)
+}
+
+fn build_manifest(ctx: &Context, input: &ManifestInput, sbom: &Path, bmap: Option<&Path>, block_map: Vec<MappedRange>) -> Result<Manifest> {
     let spec = ctx.spec;
     let raw = &input.disk.raw;
     let ranges: Vec<(u64, u64)> = input.disk.layout.slots.iter().map(|s| (s.offset, s.size)).collect();
@@ -79,6 +90,9 @@ fn build_manifest(ctx: &Context, input: &ManifestInput, sbom: &Path) -> Result<M
     }
     for (fmt, path) in &input.formats.files {
         outputs.push(output_file(path, match fmt { OutputFormat::Qcow2 => "qcow2", OutputFormat::Raw => "raw" })?);
+    }
+    if let Some(bmap) = bmap {
+        outputs.push(output_file(bmap, "bmap")?);
     }
     outputs.push(output_file(sbom, "sbom")?);
     let mut partitions = Vec::new();
@@ -114,7 +128,7 @@ fn build_manifest(ctx: &Context, input: &ManifestInput, sbom: &Path) -> Result<M
             size: input.disk.layout.size,
             sector_size: crate::stages::disk::SECTOR,
             disk_guid: ctx.ids.disk_guid.to_string(),
-            block_map: crate::blockmap::block_map(raw)?,
+            block_map,
         },
         partitions,
         packages: input.rootfs.packages.clone(),
