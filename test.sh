@@ -11,9 +11,11 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 ./ciab doctor --install
-# Test-only tools: debugfs/e2fsck (e2fsprogs), setfattr (attr), and a real
-# browser for the status page as a person sees it (chromium).
+# Test-only tools: debugfs/e2fsck (e2fsprogs), setfattr (attr), a real
+# browser for the status page as a person sees it (chromium), and the peer
+# `ciab flash` is compared with (bmaptool from bmap-tools).
 missing=""
+command -v bmaptool >/dev/null 2>&1 || missing="$missing bmap-tools"
 command -v setfattr >/dev/null 2>&1 || missing="$missing attr"
 command -v debugfs >/dev/null 2>&1 || missing="$missing e2fsprogs"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"

@@ -103,6 +103,16 @@ pub fn build(opts: &BuildOptions) -> Result<BuildResult> {
     .collect();
     let input = stages::manifest::ManifestInput { rootfs: &rootfs, disk: &disk, formats: &formats, stages: stage_keys, secret_key: &secret_key };
     let signed = p.stage("manifest", || stages::manifest::run(&ctx, &input))?;
+    let installer = if spec.formats.contains(&crate::spec::OutputFormat::Iso) {
+        let installer_bin = firstboot_bin.with_file_name("ciab-installer");
+        if !installer_bin.is_file() {
+            bail!("{} not found beside ciab-firstboot: build it with `cargo build --release -p ciab-firstboot`", installer_bin.display());
+        }
+        let input = stages::installer::InstallerInput { rootfs: &rootfs, disk: &disk, signed: &signed, installer_bin: &installer_bin, secret_key: &secret_key };
+        Some(p.stage("installer", || stages::installer::run(&ctx, &input))?)
+    } else {
+        None
+    };
 
     let out_dir = opts.out.join(&spec.name);
     let mut files: Vec<PathBuf> = Vec::new();
@@ -113,6 +123,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildResult> {
     files.extend(formats.files.iter().map(|(_, p)| p.clone()));
     for f in [MANIFEST_FILE, MANIFEST_SIG_FILE, SBOM_FILE, crate::sign::PUBLIC_KEY_FILE] {
         files.push(signed.dir.join(f));
+    }
+    if let Some(i) = &installer {
+        files.extend([i.iso.clone(), i.info.clone(), i.sig.clone()]);
     }
     p.stage("output", || {
         publish(&files, &out_dir)?;

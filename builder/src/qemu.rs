@@ -343,6 +343,9 @@ pub struct Machine {
     pub extra_disks: Vec<Disk>,
     /// Add `-device virtio-rng-pci` (default true).
     pub rng: bool,
+    /// Firmware boot priority of the boot disk (0 first); raise it when an
+    /// installer medium in `extra_args` must boot first.
+    pub disk_boot_index: u32,
     /// Appended verbatim at the end of the command line.
     pub extra_args: Vec<OsString>,
 }
@@ -363,6 +366,7 @@ impl Machine {
             qmp_socket: None,
             extra_disks: Vec::new(),
             rng: true,
+            disk_boot_index: 0,
             extra_args: Vec::new(),
         }
     }
@@ -462,7 +466,7 @@ impl Machine {
             a.push(drive);
             a.push("-device");
             if i == 0 {
-                a.push(format!("virtio-blk-pci,drive=disk{i},bootindex=0"));
+                a.push(format!("virtio-blk-pci,drive=disk{i},bootindex={}", self.disk_boot_index));
             } else {
                 a.push(format!("virtio-blk-pci,drive=disk{i}"));
             }

@@ -176,6 +176,8 @@ pub struct Disk {
 pub enum OutputFormat {
     Raw,
     Qcow2,
+    /// The USB/virtual-media installer: a hybrid ISO carrying the signed image.
+    Iso,
 }
 
 impl OutputFormat {
@@ -183,6 +185,7 @@ impl OutputFormat {
         match s {
             "raw" => Some(OutputFormat::Raw),
             "qcow2" => Some(OutputFormat::Qcow2),
+            "iso" => Some(OutputFormat::Iso),
             _ => None,
         }
     }
@@ -418,7 +421,7 @@ fn check_file(loc: &Located, file: &SpecFile, dir: &Path) -> Result<Merged> {
             for (i, f) in formats.iter().enumerate() {
                 match OutputFormat::parse(f.get_ref()) {
                     Some(fmt) => list.push(fmt),
-                    None => return Err(loc.err(f, &format!("outputs.formats[{i}]"), format!("unknown output format {:?}: use \"raw\" or \"qcow2\"", f.get_ref()))),
+                    None => return Err(loc.err(f, &format!("outputs.formats[{i}]"), format!("unknown output format {:?}: use \"raw\", \"qcow2\" or \"iso\"", f.get_ref()))),
                 }
             }
             m.formats = Some(list);

@@ -1,7 +1,8 @@
-//! `ciab verify`: the signature first, then every digest the manifest names.
+//! `ciab verify`: the signature first, then every digest the manifest names,
+//! and the installer ISO against its own signed description when present.
 
 use anyhow::{bail, Context, Result};
-use ciab_firstboot::contract::{Manifest, MANIFEST_FILE, MANIFEST_SIG_FILE};
+use ciab_firstboot::contract::{InstallerInfo, Manifest, INSTALLER_FILE, INSTALLER_SIG_FILE, MANIFEST_FILE, MANIFEST_SIG_FILE};
 use std::path::Path;
 
 /// One thing that does not match.
@@ -51,6 +52,25 @@ pub fn verify_dir(dir: &Path, pubkey: Option<&Path>) -> Result<Manifest> {
                     actual: format!("sha256 {digest}"),
                 });
             }
+        }
+    }
+    // The installer ISO, when there is one, is described by its own signed file.
+    let info_path = dir.join(INSTALLER_FILE);
+    if info_path.exists() {
+        let data = std::fs::read(&info_path).with_context(|| format!("reading {}", info_path.display()))?;
+        let sig_path = dir.join(INSTALLER_SIG_FILE);
+        let sig = std::fs::read_to_string(&sig_path).with_context(|| format!("reading {}", sig_path.display()))?;
+        crate::sign::verify(&pk, &data, &sig)
+            .with_context(|| format!("{}: signature does not verify with {}", info_path.display(), key_path.display()))?;
+        let info: InstallerInfo = serde_json::from_slice(&data).with_context(|| format!("parsing {}", info_path.display()))?;
+        let iso = dir.join(&info.iso.path);
+        let digest = crate::fsutil::sha256_file(&iso).unwrap_or_else(|_| "missing".into());
+        if digest != info.iso.sha256 {
+            bad.push(Mismatch { what: info.iso.path.clone(), expected: format!("sha256 {}", info.iso.sha256), actual: format!("sha256 {digest}") });
+        }
+        let manifest_sha = crate::fsutil::sha256_bytes(&std::fs::read(&manifest_path)?);
+        if manifest_sha != info.manifest_sha256 {
+            bad.push(Mismatch { what: format!("{INSTALLER_FILE} manifest_sha256"), expected: info.manifest_sha256.clone(), actual: manifest_sha });
         }
     }
     if !bad.is_empty() {

@@ -82,7 +82,8 @@ impl BlockDevice {
         let device = sys.join("device");
         let model = [read_trim(&device.join("vendor")), read_trim(&device.join("model"))]
             .into_iter()
-            .filter(|s| !s.is_empty())
+            // virtio reports a PCI vendor id (0x1af4) as vendor: not a name.
+            .filter(|s| !s.is_empty() && !s.starts_with("0x"))
             .collect::<Vec<_>>()
             .join(" ");
         let serial = [device.join("serial"), sys.join("serial")].iter().map(|p| read_trim(p)).find(|s| !s.is_empty()).unwrap_or_default();

@@ -158,6 +158,21 @@ pub const INSTALLER_FILE: &str = "installer.json";
 /// File name of its detached minisign signature.
 pub const INSTALLER_SIG_FILE: &str = "installer.json.minisig";
 
+/// Directory of the installer ISO that carries the image: the signed
+/// manifest, its signature and `image.data`.
+pub const INSTALLER_PAYLOAD_DIR: &str = "payload";
+/// The image's mapped ranges back to back, in block-map order.
+pub const INSTALLER_DATA_FILE: &str = "image.data";
+/// The public key the installer trusts, inside its initramfs.
+pub const INSTALLER_TRUSTED_KEY: &str = "etc/ciab/signing.pub";
+/// Kernel modules the installer loads, in order, one path per line relative
+/// to `usr/lib/modules/<release>/`, inside its initramfs.
+pub const INSTALLER_MODULE_LIST: &str = "etc/ciab/modules";
+/// Label of the installer's FAT EFI partition (which may hold `ciab/site.toml`).
+pub const INSTALLER_EFI_LABEL: &str = "CIAB-EFI";
+/// Marker line the installer prints when the image is on the disk.
+pub const INSTALLED_LINE: &str = "ciab-installer: installed";
+
 /// `installer.json`: the installer ISO of an image, signed like the
 /// manifest. The ISO embeds the signed manifest, so the manifest cannot name
 /// the ISO's digest; this file does, and adds the ISO's block map so

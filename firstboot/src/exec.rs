@@ -18,13 +18,14 @@ pub struct Cmd {
     program: OsString,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    dir: Option<std::path::PathBuf>,
     package: Option<&'static str>,
 }
 
 impl Cmd {
     /// A command running `program`.
     pub fn new(program: impl AsRef<OsStr>) -> Self {
-        Cmd { program: program.as_ref().to_owned(), args: Vec::new(), envs: Vec::new(), package: None }
+        Cmd { program: program.as_ref().to_owned(), args: Vec::new(), envs: Vec::new(), dir: None, package: None }
     }
 
     /// Names the Debian package that provides the program, for the "not found" hint.
@@ -52,6 +53,12 @@ impl Cmd {
         self
     }
 
+    /// Runs the command in `dir` (for tools that read config from their cwd).
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.dir = Some(dir.as_ref().to_owned());
+        self
+    }
+
     fn program_name(&self) -> String {
         Path::new(&self.program).file_name().unwrap_or(&self.program).to_string_lossy().into_owned()
     }
@@ -73,6 +80,9 @@ impl Cmd {
         cmd.args(&self.args).stdin(Stdio::null());
         for (k, v) in &self.envs {
             cmd.env(k, v);
+        }
+        if let Some(dir) = &self.dir {
+            cmd.current_dir(dir);
         }
         cmd
     }

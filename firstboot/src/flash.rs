@@ -197,6 +197,7 @@ pub fn flash(image: &Image, source: &Source, target: &Target, progress: &mut dyn
         let (zeroed, discarded) = zero_gaps(image, target, progress)?;
         report.zeroed = zeroed;
         report.discarded = discarded;
+        clear_old_tail(image, target, target_size)?;
     }
     report.written = write_ranges(image, source, target, progress)?;
     target.buffered.sync_all().with_context(|| format!("flushing {}", target.path.display()))?;
@@ -267,6 +268,21 @@ fn zero_gaps(image: &Image, target: &Target, progress: &mut dyn FnMut(Progress))
         progress(Progress { phase: Phase::Zero, done, total });
     }
     Ok((done, discarded))
+}
+
+/// Zeroes the device's last MiB when it extends past the image: a disk that
+/// held a GPT keeps its backup copy there, and udev/blkid trust that stale
+/// table enough to withhold the new partitions' by-partuuid links, so the
+/// installed system would not find its ESP. (RAID and LVM metadata kept at
+/// the end of a disk go with it.)
+fn clear_old_tail(image: &Image, target: &Target, device_size: u64) -> Result<()> {
+    const TAIL: u64 = 1 << 20;
+    if device_size <= image.size {
+        return Ok(());
+    }
+    let start = (device_size - TAIL).max(image.size);
+    let zeros = vec![0u8; (device_size - start) as usize];
+    target.buffered.write_all_at(&zeros, start).with_context(|| format!("clearing the end of {}", target.path.display()))
 }
 
 /// Reads, hashes and checks ranges on a second thread; writes them here.

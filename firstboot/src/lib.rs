@@ -13,6 +13,7 @@ pub mod network;
 pub mod status;
 pub mod exec;
 pub mod flash;
+pub mod installer;
 pub mod plan;
 pub mod secrets;
 pub mod site;

@@ -81,6 +81,9 @@ pub struct SiteConfig {
     /// through NAT or a port forward; `None`: the box's own address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_endpoint: Option<PublicEndpoint>,
+    /// What the USB installer does (ignored by an installed box).
+    #[serde(default, skip_serializing_if = "Install::is_default")]
+    pub install: Install,
     /// Where this configuration came from, to locate errors found later.
     #[serde(skip)]
     origin: Origin,
@@ -109,6 +112,41 @@ pub struct Network {
     /// own address or the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floating_range: Option<Cidr>,
+}
+
+/// How the USB installer picks and treats the box's internal disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Install {
+    /// The disk to install to: `serial:<serial>`, `by-path:<id>` (as in
+    /// `/dev/disk/by-path/`; virtio, NVMe and SATA disks) or `/dev/<name>`.
+    /// `None`: the largest non-removable disk that is not the installer's
+    /// own medium; two such disks of the same size need an explicit choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+    /// Erase a disk that holds partitions or data without asking.
+    #[serde(default)]
+    pub wipe: bool,
+    /// How long the installer waits on the console for an operator to
+    /// confirm erasing a disk that holds data, when `wipe` is false.
+    #[serde(default = "default_confirm_seconds")]
+    pub confirm_timeout_seconds: u32,
+}
+
+impl Default for Install {
+    fn default() -> Self {
+        Install { disk: None, wipe: false, confirm_timeout_seconds: default_confirm_seconds() }
+    }
+}
+
+impl Install {
+    fn is_default(&self) -> bool {
+        *self == Install::default()
+    }
+}
+
+fn default_confirm_seconds() -> u32 {
+    60
 }
 
 /// How the uplink gets its address.
@@ -152,6 +190,7 @@ impl Default for SiteConfig {
             ssh_authorized_keys: Vec::new(),
             network: Network::default(),
             public_endpoint: None,
+            install: Install::default(),
             origin: Origin { source_name: "built-in defaults".to_owned(), ..Origin::default() },
         }
     }
@@ -303,6 +342,15 @@ impl SiteConfig {
             }
         }
         self.validate_network()?;
+        if let Some(disk) = &self.install.disk {
+            let ok = match disk.split_once(':') {
+                Some(("serial", v)) | Some(("by-path", v)) => !v.is_empty(),
+                _ => disk.strip_prefix("/dev/").is_some_and(|n| !n.is_empty() && !n.contains('/')),
+            };
+            if !ok {
+                return err("install.disk", format!("`{disk}` names no disk: use serial:<serial>, by-path:<id> or /dev/<name>"));
+            }
+        }
         if let Some(endpoint) = &self.public_endpoint {
             if endpoint.host.parse::<IpAddr>().is_err() {
                 if let Err(why) = check_host_name(&endpoint.host) {
@@ -972,6 +1020,19 @@ mod tests {
     use super::*;
     use crate::discover::{Firmware, Nic};
 
+    #[test]
+    fn install_section_names_a_disk_or_is_refused() {
+        let c = SiteConfig::parse("site.toml", "[install]\ndisk = \"serial:QM0001\"\nwipe = true\n").unwrap();
+        assert_eq!(c.install.disk.as_deref(), Some("serial:QM0001"));
+        assert!(c.install.wipe);
+        assert_eq!(c.install.confirm_timeout_seconds, 60);
+        assert!(!SiteConfig::parse("s", "").unwrap().install.wipe);
+        let err = SiteConfig::parse("site.toml", "[install]\ndisk = \"sda\"\n").unwrap_err().to_string();
+        assert!(err.contains("site.toml:2:8: key `install.disk`") && err.contains("serial:<serial>"), "{err}");
+        let err = SiteConfig::parse("site.toml", "[install]\nwipe = \"yes\"\n").unwrap_err().to_string();
+        assert!(err.contains("install.wipe"), "{err}");
+    }
+
     const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP8X4vm9Xbkw3tbMnqnx5R0EqC9q58mct1YB5TAVTjRT ops@box";
     const ECDSA: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBNoXbGbmngUQYu54zfX/Z6I6FnJSncXK5IgNAWz05eosWR+Ozsws7pkMI8Jax1t/KanBIIvoXoBpvfdsXpGkZXc= ec";
     const RSA: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQDFfczF/Gq7WcQDTu7b3hjlfQKRCvCIja5lC/w097FvRbElehrp9X9EwqYL+u8ApJgmXYlJe32aEbcs3BpPD2IlsTolrwcPq/QUjagtuQ5xNQ86ME63eVcecOA0hcqpMgloa7QirJ4xIGiK6l61wjJuKz2UdS4V33HDKbaXWuRcLnnoX2B4wTKQjTVObM8mE4+rjU+C7gSttq4P2gOCqAOb18U7BtXJYAp78qS2A+JKitwaTOqMXQ0AGQI9o9WPzIVZBIfL940vt+JRK1yGcxx9FJ+hmaNZ2JkWf4jm9vsZHoh0wZ5FzoFbI+jT6LAtj0mpWCr7ZoXwg4eR5znh0Dnz rsa";
@@ -1108,13 +1169,13 @@ port = 8443
             ("[network]\ndns = [\"192.0.2.53\", \"dns.example\"]\n", "site.toml:2:22: key `network.dns[1]`: `dns.example` is not an IP address"),
             (
                 "hostname = \"box1\"\nhostnmae = \"box2\"\n",
-                "site.toml:2:1: key `hostnmae`: unknown key, expected one of `hostname`, `domain`, `profile`, `admin_email`, `time_zone`, `ntp_servers`, `ssh_authorized_keys`, `network`, `public_endpoint`",
+                "site.toml:2:1: key `hostnmae`: unknown key, expected one of `hostname`, `domain`, `profile`, `admin_email`, `time_zone`, `ntp_servers`, `ssh_authorized_keys`, `network`, `public_endpoint`, `install`",
             ),
             (
                 "[network]\nnic = \"enp1s0\"\ngatway = \"192.0.2.1\"\n",
                 "site.toml:3:1: key `network.gatway`: unknown key, expected one of `nic`, `mode`, `address`, `gateway`, `dns`, `floating_range`",
             ),
-            ("[storage]\nsize = 1\n", "site.toml:1:2: key `storage`: unknown key, expected one of `hostname`, `domain`, `profile`, `admin_email`, `time_zone`, `ntp_servers`, `ssh_authorized_keys`, `network`, `public_endpoint`"),
+            ("[storage]\nsize = 1\n", "site.toml:1:2: key `storage`: unknown key, expected one of `hostname`, `domain`, `profile`, `admin_email`, `time_zone`, `ntp_servers`, `ssh_authorized_keys`, `network`, `public_endpoint`, `install`"),
             ("hostname = \"box_1\"\n", "site.toml:1:12: key `hostname`: `box_1` is not a valid host name: '_' is not allowed; use letters, digits and '-'"),
             ("hostname = \"-box\"\n", "site.toml:1:12: key `hostname`: `-box` is not a valid host name: label `-box` starts or ends with '-'"),
             ("hostname = \"box1.\"\n", "site.toml:1:12: key `hostname`: `box1.` is not a valid host name: empty label (leading, trailing or doubled '.')"),

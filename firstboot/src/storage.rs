@@ -81,7 +81,7 @@ pub fn ensure_data_partition(disk_dev: &Path) -> Result<u32> {
     let first = start.div_ceil(align) * align;
     let last = start + len - 1;
     if last <= first + align {
-        bail!("only {} MiB free after the image on {}: nothing to claim", len * gpt.sector_size >> 20, disk_dev.display());
+        bail!("only {} MiB free after the image on {}: nothing to claim", (len * gpt.sector_size) >> 20, disk_dev.display());
     }
     let number = gpt.iter().find(|(_, p)| p.is_unused()).map(|(n, _)| n).context("the GPT has no free entry")?;
     let type_guid: uuid::Uuid = LVM_TYPE_GUID.parse()?;

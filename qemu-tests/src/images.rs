@@ -97,3 +97,23 @@ pub fn tiny() -> Result<PathBuf> {
     let _ = TINY.set(result.out_dir.clone());
     Ok(result.out_dir)
 }
+
+/// The tiny image with an installer ISO (`formats = ["raw", "iso"]`), the
+/// `box` image's delivery on the tiny base, built once per test binary.
+pub fn tiny_installer() -> Result<PathBuf> {
+    static TINYBOX: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(p) = TINYBOX.get() {
+        return Ok(p.clone());
+    }
+    let dir = work_dir().join("tinybox");
+    std::fs::create_dir_all(&dir)?;
+    let spec = dir.join("tinybox.toml");
+    let tiny = repo_root().join("images/tiny.toml");
+    std::fs::write(
+        &spec,
+        format!("include = [{:?}]\n[image]\nname = \"tinybox\"\n[outputs]\nformats = [\"raw\", \"iso\"]\n", tiny.display().to_string()),
+    )?;
+    let result = build_with(&options(&spec, &work_dir().join("out"), &ciab_builder::cache::default_root())?)?;
+    let _ = TINYBOX.set(result.out_dir.clone());
+    Ok(result.out_dir)
+}

@@ -32,7 +32,7 @@ impl Loop {
         let f = std::fs::File::create(backing).unwrap();
         f.set_len(size).unwrap();
         // Old data everywhere, as on a used disk: the flash must zero the gaps.
-        for at in (0..size).step_by(7 << 20) {
+        for at in (0..size).step_by(7 << 20).chain([size - 4096]) {
             f.write_all_at(&[0xDB; 4096], at).unwrap();
         }
         let out = Command::new("losetup").args(["--find", "--show"]).arg(backing).output().unwrap();
@@ -97,6 +97,10 @@ fn flash_to_a_loop_device_zeroes_old_data_and_verifies() {
     let mut got = vec![0u8; size as usize];
     std::fs::File::open(&lo.dev).unwrap().read_exact_at(&mut got, 0).unwrap();
     assert!(got == std::fs::read(raw(&tiny)).unwrap(), "the loop device does not hold the image");
+    // The device's last MiB, where an old backup GPT would sit, is cleared.
+    let mut tail = vec![1u8; 1 << 20];
+    std::fs::File::open(&lo.dev).unwrap().read_exact_at(&mut tail, size + (63 << 20)).unwrap();
+    assert!(tail.iter().all(|&b| b == 0), "the old data at the end of the device is still there");
 
     // A byte changed on the medium afterwards is caught by a read-back.
     let manifest: ciab_firstboot::contract::Manifest =
@@ -190,4 +194,31 @@ fn refuses_a_tampered_manifest_or_image_before_writing() {
     assert!(!o.status.success());
     assert!(text(&o).contains("range 3 ") && text(&o).contains("corrupt or was modified"), "{}", text(&o));
     assert!(!target.exists(), "no partial output");
+}
+
+#[test]
+fn the_installer_iso_flashes_to_a_stick_from_its_signed_description() {
+    let out = images::tiny_installer().unwrap();
+    let o = ciab(&["verify", out.to_str().unwrap()]);
+    assert!(o.status.success(), "ciab verify covers the ISO: {}", text(&o));
+    let d = dir("iso");
+    let iso = out.join("tinybox.iso");
+    let size = std::fs::metadata(&iso).unwrap().len();
+    let stick = Loop::new(&d.join("stick"), size + (32 << 20));
+    let o = ciab(&["flash", out.to_str().unwrap(), stick.path(), "--installer", "--yes"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("tinybox installer"), "{}", text(&o));
+    let mut got = vec![0u8; size as usize];
+    std::fs::File::open(&stick.dev).unwrap().read_exact_at(&mut got, 0).unwrap();
+    assert!(got == std::fs::read(&iso).unwrap(), "the stick does not hold the ISO");
+    // The .iso path alone selects the installer, its signed description beside it.
+    let file = d.join("stick.img");
+    let o = ciab(&["flash", iso.to_str().unwrap(), file.to_str().unwrap(), "--to-file"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(&iso).unwrap());
+    // An output without an installer says so.
+    let tiny = images::tiny().unwrap();
+    let o = ciab(&["flash", tiny.to_str().unwrap(), d.join("x.img").to_str().unwrap(), "--installer", "--to-file"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("has no installer"), "{}", text(&o));
 }

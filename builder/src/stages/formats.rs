@@ -18,7 +18,7 @@ pub struct Formats {
 }
 
 pub fn run(ctx: &Context, disk: &Disk) -> Result<(Formats, Outcome, Option<u64>)> {
-    let wanted: Vec<OutputFormat> = ctx.spec.formats.iter().copied().filter(|f| *f != OutputFormat::Raw).collect();
+    let wanted: Vec<OutputFormat> = ctx.spec.formats.iter().copied().filter(|f| *f == OutputFormat::Qcow2).collect();
     let key = KeyBuilder::new("formats")
         .add("format", STAGE_FORMAT)
         .add("disk", &disk.key)
@@ -42,7 +42,7 @@ pub fn run(ctx: &Context, disk: &Disk) -> Result<(Formats, Outcome, Option<u64>)
     })?;
     let files: Vec<(OutputFormat, PathBuf)> = wanted
         .iter()
-        .map(|f| (*f, dir.join(format!("{name}.{}", match f { OutputFormat::Qcow2 => "qcow2", OutputFormat::Raw => "raw" }))))
+        .map(|f| (*f, dir.join(format!("{name}.{}", match f { OutputFormat::Qcow2 => "qcow2", OutputFormat::Raw => "raw", OutputFormat::Iso => "iso" }))))
         .collect();
     let size = files.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum::<u64>();
     Ok((Formats { key, files }, if cached { Outcome::Cached } else { Outcome::Ran }, Some(size)))

@@ -89,7 +89,7 @@ fn build_manifest(ctx: &Context, input: &ManifestInput, sbom: &Path, bmap: Optio
         });
     }
     for (fmt, path) in &input.formats.files {
-        outputs.push(output_file(path, match fmt { OutputFormat::Qcow2 => "qcow2", OutputFormat::Raw => "raw" })?);
+        outputs.push(output_file(path, match fmt { OutputFormat::Qcow2 => "qcow2", OutputFormat::Raw => "raw", OutputFormat::Iso => "iso" })?);
     }
     if let Some(bmap) = bmap {
         outputs.push(output_file(bmap, "bmap")?);

@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod disk;
 pub mod filesystems;
 pub mod formats;
+pub mod installer;
 pub mod manifest;
 pub mod overlays;
 pub mod rootfs;

@@ -35,8 +35,8 @@ fn generated_files(ctx: &Context) -> Vec<(&'static str, String, u32)> {
     let fstab = format!(
         "# Written by ciab. Partitions by PARTUUID: never by device name.\n\
          PARTUUID={root} / ext4 defaults,errors=remount-ro 0 1\n\
-         PARTUUID={esp} /boot/efi vfat umask=0077,nofail,x-systemd.device-timeout=10s 0 2\n\
-         PARTUUID={bundle} {BUNDLE_MOUNTPOINT} squashfs ro,nofail,x-systemd.device-timeout=10s 0 0\n"
+         PARTUUID={esp} /boot/efi vfat umask=0077,nofail,x-systemd.device-timeout=90s 0 2\n\
+         PARTUUID={bundle} {BUNDLE_MOUNTPOINT} squashfs ro,nofail,x-systemd.device-timeout=90s 0 0\n"
     );
     let spec = ctx.spec;
     let os_release_extra = format!("IMAGE_ID=ciab-{}\nIMAGE_VERSION={}\n", spec.name, spec.version);

@@ -7,7 +7,13 @@
 //! - image sizes;
 //! - QEMU start to the first-boot ready line, UEFI and BIOS, no network.
 //!
-//! Run: `cargo run --release -p ciab-qemu-tests --bin ciab-bench` (as root).
+//! - `flash`: writing the `eval` raw image to a file and to a loop device,
+//!   `ciab flash` (read-back verify included) vs `dd bs=4M conv=sparse,fsync`
+//!   vs `bmaptool copy`, caches dropped before each run, median of 3; and
+//!   the installer ISO's boot-to-installed time under TCG.
+//!
+//! Run: `cargo run --release -p ciab-qemu-tests --bin ciab-bench [build|flash]`
+//! (as root; both when no argument is given).
 
 use anyhow::{Context, Result};
 use ciab_builder::exec::Cmd;
@@ -18,6 +24,17 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn main() -> Result<()> {
+    let what = std::env::args().nth(1).unwrap_or_default();
+    if what.is_empty() || what == "build" {
+        build_bench()?;
+    }
+    if what.is_empty() || what == "flash" {
+        flash_bench()?;
+    }
+    Ok(())
+}
+
+fn build_bench() -> Result<()> {
     let work = images::work_dir().join("bench");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
@@ -118,5 +135,106 @@ fn time_to_ready(image: &Path, firmware: Firmware) -> Result<Duration> {
     let t = Instant::now();
     let vm = Vm::start(&m)?;
     vm.wait_for_line(ciab_firstboot::contract::READY_LINE, Duration::from_secs(300))?;
+    Ok(t.elapsed())
+}
+
+fn drop_caches() {
+    let _ = Cmd::new("sync").run();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// Median wall time of three runs of `f`, each after `prepare` and with
+/// the page cache dropped.
+fn median3(mut prepare: impl FnMut() -> Result<()>, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        prepare()?;
+        drop_caches();
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(times[1])
+}
+
+fn flash_bench() -> Result<()> {
+    let work = images::work_dir().join("bench-flash");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let eval = images::build_with(&images::options(&images::repo_root().join("images/eval.toml"), &images::work_dir().join("out"), &ciab_builder::cache::default_root())?)?;
+    let dir = eval.out_dir;
+    let raw = dir.join("eval.raw");
+    let bmap = dir.join("eval.bmap");
+    let size = std::fs::metadata(&raw)?.len();
+    let ciab = images::ciab_bin()?;
+    let target = work.join("target.img");
+    let rm = || {
+        let _ = std::fs::remove_file(&target);
+        Ok(())
+    };
+    let t = target.to_str().context("path")?.to_owned();
+    let file_ours = median3(rm, || Cmd::new(&ciab).arg("flash").arg(&dir).arg(&t).args(["--to-file", "--yes"]).run().map(|_| ()))?;
+    let file_dd = median3(rm, || {
+        Cmd::new("dd").arg(format!("if={}", raw.display())).arg(format!("of={t}")).args(["bs=4M", "conv=sparse,fsync", "status=none"]).run().map(|_| ())
+    })?;
+    let file_bmap = median3(rm, || Cmd::new("bmaptool").args(["-q", "copy", "--bmap"]).arg(&bmap).arg(&raw).arg(&t).run().map(|_| ()))?;
+
+    // A loop device over a file as large as the image.
+    let backing = work.join("loop-backing");
+    std::fs::File::create(&backing)?.set_len(size)?;
+    let dev = Cmd::new("losetup").args(["--find", "--show"]).arg(&backing).run()?.trim().to_owned();
+    let none = || Ok(());
+    let result = (|| -> Result<(Duration, Duration, Duration)> {
+        let ours = median3(none, || Cmd::new(&ciab).arg("flash").arg(&dir).arg(&dev).arg("--yes").run().map(|_| ()))?;
+        let dd = median3(none, || {
+            Cmd::new("dd").arg(format!("if={}", raw.display())).arg(format!("of={dev}")).args(["bs=4M", "conv=sparse,fsync", "status=none"]).run().map(|_| ())
+        })?;
+        let bmap_t = median3(none, || Cmd::new("bmaptool").args(["-q", "copy", "--bmap"]).arg(&bmap).arg(&raw).arg(&dev).run().map(|_| ()))?;
+        Ok((ours, dd, bmap_t))
+    })();
+    let _ = Cmd::new("losetup").arg("-d").arg(&dev).run();
+    let (loop_ours, loop_dd, loop_bmap) = result?;
+
+    let installer = installer_time(&work)?;
+
+    let manifest = ciab_builder::verify::verify_dir(&dir, None)?;
+    let data: u64 = manifest.disk.block_map.iter().map(|r| r.length).sum();
+    let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    let mibs = |d: Duration| format!("{:.0} MiB/s", data as f64 / d.as_secs_f64() / (1 << 20) as f64);
+    println!("ciab-bench flash: eval.raw {} MiB apparent, {} MiB data; median of 3, page cache dropped before each", size >> 20, data >> 20);
+    println!("{:<46} {:>9} {:>12} {:>22}", "measure", "time", "data rate", "ratio (peer / ours)");
+    for (label, ours, dd, bm) in [("file", file_ours, file_dd, file_bmap), ("loop device", loop_ours, loop_dd, loop_bmap)] {
+        println!("{:<46} {:>9} {:>12} {:>22}", format!("{label}: ciab flash (incl. read-back verify)"), s(ours), mibs(ours), "1.00");
+        println!("{:<46} {:>9} {:>12} {:>22}", format!("{label}: dd bs=4M conv=sparse,fsync"), s(dd), mibs(dd), format!("{:.2}", dd.as_secs_f64() / ours.as_secs_f64()));
+        println!("{:<46} {:>9} {:>12} {:>22}", format!("{label}: bmaptool copy"), s(bm), mibs(bm), format!("{:.2}", bm.as_secs_f64() / ours.as_secs_f64()));
+    }
+    println!("{:<46} {:>9}", "installer ISO (tiny): QEMU/TCG start to installed", s(installer));
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// Boots the tiny installer ISO (UEFI, virtual CD) with a blank target disk
+/// and returns the time from QEMU start to the installed line.
+fn installer_time(work: &Path) -> Result<Duration> {
+    let out = images::tiny_installer()?;
+    let target = work.join("installer-target.raw");
+    std::fs::File::create(&target)?.set_len(16 << 30)?;
+    let mut m = Machine::new(&target);
+    m.firmware = Firmware::Uefi;
+    m.accel = ciab_builder::run::choose_accel("auto")?;
+    m.memory_mib = 1536;
+    m.network = Network::None;
+    m.disk_boot_index = 1;
+    m.extra_args = vec![
+        "-drive".into(),
+        format!("file={},format=raw,readonly=on,media=cdrom,if=none,id=cd", out.join("tinybox.iso").display()).into(),
+        "-device".into(),
+        "ide-cd,drive=cd,bootindex=0".into(),
+        "-no-reboot".into(),
+    ];
+    let t = Instant::now();
+    let vm = Vm::start(&m)?;
+    vm.wait_for_line(ciab_firstboot::contract::INSTALLED_LINE, Duration::from_secs(600))?;
     Ok(t.elapsed())
 }

@@ -1,0 +1,5 @@
+//! `ciab-installer`: the USB installer's init. See `ciab_firstboot::installer`.
+
+fn main() {
+    ciab_firstboot::installer::main()
+}
