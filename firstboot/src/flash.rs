@@ -294,7 +294,10 @@ fn write_ranges(image: &Image, source: &Source, target: &Target, progress: &mut 
     for _ in 0..3 {
         let _ = empty_tx.send(AlignedBuf::new(max.next_multiple_of(ALIGN)));
     }
-    std::thread::scope(|s| -> Result<u64> {
+    // The closure owns the writer's channel ends: when a write fails they
+    // drop, so the reader's next send or recv fails and it stops instead of
+    // waiting forever for buffers that will not come back.
+    std::thread::scope(move |s| -> Result<u64> {
         s.spawn(move || {
             let mut packed_pos = 0u64;
             for (i, r) in image.map.iter().enumerate() {

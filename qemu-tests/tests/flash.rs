@@ -222,3 +222,22 @@ fn the_installer_iso_flashes_to_a_stick_from_its_signed_description() {
     assert!(!o.status.success());
     assert!(text(&o).contains("has no installer"), "{}", text(&o));
 }
+
+#[test]
+fn a_write_error_mid_flash_names_the_range_and_leaves_no_partial_file() {
+    // A 64 MiB tmpfs fills up partway through the image's 300+ MiB of data:
+    // the writes fail as they would on a stick pulled out mid-write.
+    let tiny = images::tiny().unwrap();
+    let d = dir("write-error");
+    let mnt = d.join("small-fs");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let m = Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "ciab-test"]).arg(&mnt).output().unwrap();
+    assert!(m.status.success(), "mount tmpfs: {}", text(&m));
+    let target = mnt.join("disk.img");
+    let o = ciab(&["flash", tiny.to_str().unwrap(), target.to_str().unwrap(), "--to-file"]);
+    let left: Vec<_> = std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let _ = Command::new("umount").arg(&mnt).output();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("writing range") && text(&o).contains("No space left on device"), "{}", text(&o));
+    assert!(left.is_empty(), "no partial output: {left:?}");
+}

@@ -130,3 +130,40 @@ fn uefi_installer_from_a_cd_installs_unattended_and_the_disk_boots_to_ready() {
 fn bios_installer_from_a_usb_stick_installs_unattended_and_the_disk_boots_to_ready() {
     install_and_boot("installer-bios", Firmware::Bios, Medium::UsbStick);
 }
+
+/// The installer's own check of its payload, run on the host against the
+/// real tiny installer build: the signature with the key built into the
+/// initramfs, a manifest changed by one byte, another key, a short data file.
+#[test]
+fn the_installer_refuses_a_payload_not_signed_by_its_key() {
+    use ciab_firstboot::installer::medium::verify_payload;
+    let out = images::tiny_installer().unwrap();
+    let dir = images::work_dir().join("installer-payload");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["manifest.json", "manifest.json.minisig"] {
+        std::fs::copy(out.join(f), dir.join(f)).unwrap();
+    }
+    let manifest: ciab_firstboot::contract::Manifest = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let data: u64 = manifest.disk.block_map.iter().map(|r| r.length).sum();
+    std::fs::File::create(dir.join("image.data")).unwrap().set_len(data).unwrap();
+    let key = std::fs::read_to_string(out.join("signing.pub")).unwrap();
+    verify_payload(&dir, &key).unwrap();
+
+    ciab_builder::sign::keygen(&dir.join("other.key")).unwrap();
+    let other = std::fs::read_to_string(dir.join("other.key.pub")).unwrap();
+    let err = format!("{:#}", verify_payload(&dir, &other).unwrap_err());
+    assert!(err.contains("not signed by the key this installer trusts"), "{err}");
+
+    let mut m = std::fs::read(dir.join("manifest.json")).unwrap();
+    let at = m.iter().position(|&b| b == b'{').unwrap() + 5;
+    m[at] ^= 1;
+    std::fs::write(dir.join("manifest.json"), &m).unwrap();
+    let err = format!("{:#}", verify_payload(&dir, &key).unwrap_err());
+    assert!(err.contains("not signed by the key this installer trusts"), "{err}");
+
+    std::fs::copy(out.join("manifest.json"), dir.join("manifest.json")).unwrap();
+    std::fs::File::create(dir.join("image.data")).unwrap().set_len(data - 4096).unwrap();
+    let err = format!("{:#}", verify_payload(&dir, &key).unwrap_err());
+    assert!(err.contains("the medium is damaged"), "{err}");
+}
