@@ -9,7 +9,7 @@
 //! target is never waiting on sha256.
 
 use crate::contract::MappedRange;
-use crate::sparse::{check_map, data_ranges, gaps, ByteRange, MAP_BLOCK};
+use crate::sparse::{check_map, data_ranges, gaps, ByteRange};
 use anyhow::{bail, Context, Result};
 use rustix::fs::{FallocateFlags, OFlags};
 use sha2::{Digest, Sha256};
@@ -360,41 +360,70 @@ fn write_range(target: &Target, i: usize, r: &MappedRange, buf: &mut AlignedBuf)
 }
 
 /// Reads every range back from the target, past the page cache, and checks
-/// its sha256. Returns the bytes verified.
+/// its sha256. Returns the bytes verified. Several ranges are in flight at
+/// once (a queue depth the device can use, hashing beside the reads).
 fn verify(image: &Image, target: &Target, progress: &mut dyn FnMut(Progress)) -> Result<u64> {
+    const READERS: usize = 3;
     let total = image.mapped_bytes();
     // Without O_DIRECT, drop the cached pages so the read goes to the medium.
     if target.direct.is_none() {
         let _ = rustix::fs::fadvise(&target.buffered, 0, image.size, rustix::fs::Advice::DontNeed);
     }
     let max = image.map.iter().map(|r| r.length as usize).max().unwrap_or(0);
-    let mut buf = AlignedBuf::new(max.next_multiple_of(ALIGN));
-    let mut done = 0;
-    for (i, r) in image.map.iter().enumerate() {
-        let n = r.length as usize;
-        let aligned = n - n % ALIGN;
-        let read_fail = |e: std::io::Error| anyhow::Error::new(e).context(format!("reading back {} from {}", range_name(i, r), target.path.display()));
-        match &target.direct {
-            Some(direct) if aligned > 0 => direct.read_exact_at(buf.slice(aligned), r.offset).map_err(read_fail)?,
-            _ => target.buffered.read_exact_at(buf.slice(aligned), r.offset).map_err(read_fail)?,
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (tx, rx) = mpsc::channel::<Result<u64>>();
+    std::thread::scope(|s| -> Result<u64> {
+        for _ in 0..READERS {
+            let (tx, next) = (tx.clone(), &next);
+            s.spawn(move || {
+                let mut buf = AlignedBuf::new(max.next_multiple_of(ALIGN));
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(r) = image.map.get(i) else { return };
+                    let result = verify_range(target, i, r, &mut buf).map(|()| r.length);
+                    let failed = result.is_err();
+                    if tx.send(result).is_err() || failed {
+                        // Let the others stop at their next range.
+                        next.store(image.map.len(), std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
+                }
+            });
         }
-        if aligned < n {
-            target.buffered.read_exact_at(&mut buf.slice(n)[aligned..], r.offset + aligned as u64).map_err(read_fail)?;
+        drop(tx);
+        let mut done = 0;
+        for result in rx {
+            done += result?;
+            progress(Progress { phase: Phase::Verify, done, total });
         }
-        let digest = hex::encode(Sha256::digest(buf.slice(n)));
-        if digest != r.sha256 {
-            bail!(
-                "verify failed: {} on {} reads back with sha256 {digest}, expected {}; the medium does not hold what was written",
-                range_name(i, r),
-                target.path.display(),
-                r.sha256
-            );
+        if done != total {
+            bail!("verify stopped after {done} of {total} bytes");
         }
-        done += r.length;
-        progress(Progress { phase: Phase::Verify, done, total });
+        Ok(done)
+    })
+}
+
+fn verify_range(target: &Target, i: usize, r: &MappedRange, buf: &mut AlignedBuf) -> Result<()> {
+    let n = r.length as usize;
+    let aligned = n - n % ALIGN;
+    let read_fail = |e: std::io::Error| anyhow::Error::new(e).context(format!("reading back {} from {}", range_name(i, r), target.path.display()));
+    match &target.direct {
+        Some(direct) if aligned > 0 => direct.read_exact_at(buf.slice(aligned), r.offset).map_err(read_fail)?,
+        _ => target.buffered.read_exact_at(buf.slice(aligned), r.offset).map_err(read_fail)?,
     }
-    debug_assert_eq!(MAP_BLOCK as usize, ALIGN);
-    Ok(done)
+    if aligned < n {
+        target.buffered.read_exact_at(&mut buf.slice(n)[aligned..], r.offset + aligned as u64).map_err(read_fail)?;
+    }
+    let digest = hex::encode(Sha256::digest(buf.slice(n)));
+    if digest != r.sha256 {
+        bail!(
+            "verify failed: {} on {} reads back with sha256 {digest}, expected {}; the medium does not hold what was written",
+            range_name(i, r),
+            target.path.display(),
+            r.sha256
+        );
+    }
+    Ok(())
 }
 
 /// Reads a target back and checks it against a map without writing: what

@@ -167,3 +167,36 @@ fn the_installer_refuses_a_payload_not_signed_by_its_key() {
     let err = format!("{:#}", verify_payload(&dir, &key).unwrap_err());
     assert!(err.contains("the medium is damaged"), "{err}");
 }
+
+/// Without `wipe = true` and with nobody at the console, a disk that holds
+/// partitions is left untouched: the installer waits the configured time,
+/// then stops with the reason.
+#[test]
+fn the_installer_leaves_a_used_disk_alone_unless_confirmed() {
+    let out = images::tiny_installer().unwrap();
+    let dir = images::work_dir().join("installer-no-wipe");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = used_target(&dir);
+    let first_mib = |p: &Path| {
+        let mut b = vec![0u8; 1 << 20];
+        std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(p).unwrap(), &mut b, 0).unwrap();
+        b
+    };
+    let before = first_mib(&target);
+    let config = config_disk(&dir, "[install]\nconfirm_timeout_seconds = 5\n");
+    let mut m = machine(&target, Firmware::Uefi);
+    m.extra_disks.push(Disk { path: config, format: None, read_only: true });
+    m.disk_boot_index = 1;
+    m.extra_args = medium_args(&out.join("tinybox.iso"), Medium::Cdrom);
+    let vm = Vm::start(&m).unwrap();
+    let report = |what: &str, e: anyhow::Error| panic!("{e:#}\n{}", vm.failure_report(what));
+    vm.wait_for_line("holds 1 partitions (vda1); type vda and Enter within 5 s to erase it", INSTALL_TIMEOUT)
+        .unwrap_or_else(|e| report("the installer should ask before erasing", e));
+    let failed = vm
+        .wait_for_line("ciab-installer: FAILED: not confirmed: /dev/vda was left untouched", Duration::from_secs(120))
+        .unwrap_or_else(|e| report("the installer should give up after the timeout", e));
+    assert!(failed.contains("install.wipe = true"), "{failed}");
+    drop(vm);
+    assert!(before == first_mib(&target), "the disk's first MiB changed");
+}
