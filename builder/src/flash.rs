@@ -27,6 +27,9 @@ pub struct Signed {
 /// image and checks the signature with `pubkey` (default: the key the
 /// directory carries).
 pub fn resolve(path: &Path, installer: bool, pubkey: Option<&Path>) -> Result<Signed> {
+    if !path.exists() {
+        bail!("{}: no such output directory or image file (build one with `ciab build`)", path.display());
+    }
     let (dir, installer) = if path.is_dir() {
         (path.to_path_buf(), installer)
     } else {
@@ -56,7 +59,8 @@ pub fn resolve(path: &Path, installer: bool, pubkey: Option<&Path>) -> Result<Si
         let raw = m.outputs.iter().find(|o| o.kind == "raw").with_context(|| format!("{} lists no raw image", doc_path.display()))?;
         Signed { file: dir.join(&raw.path), size: m.disk.size, map: m.disk.block_map, what: format!("{} {}", m.image.name, m.image.version) }
     };
-    if !path.is_dir() && std::fs::canonicalize(path)? != std::fs::canonicalize(&signed.file).unwrap_or_default() {
+    let canonical = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("{}: no such file", p.display()));
+    if !path.is_dir() && canonical(path)? != canonical(&signed.file)? {
         bail!("{} is not the image its signed {} describes ({})", path.display(), doc, signed.file.display());
     }
     Ok(signed)
