@@ -40,17 +40,10 @@ pub fn resolve(path: &Path, installer: bool, pubkey: Option<&Path>) -> Result<Si
     let pk = crate::sign::load_public_key(&key_path)?;
     let (doc, sig) = if installer { (INSTALLER_FILE, INSTALLER_SIG_FILE) } else { (MANIFEST_FILE, MANIFEST_SIG_FILE) };
     let doc_path = dir.join(doc);
-    let data = std::fs::read(&doc_path).with_context(|| {
-        if installer {
-            format!("reading {}: this output has no installer (build a spec with \"iso\" in outputs.formats)", doc_path.display())
-        } else {
-            format!("reading {}", doc_path.display())
-        }
-    })?;
-    let sig_path = dir.join(sig);
-    let sig_text = std::fs::read_to_string(&sig_path).with_context(|| format!("reading {}", sig_path.display()))?;
-    crate::sign::verify(&pk, &data, &sig_text)
-        .with_context(|| format!("{}: signature does not verify with {}; refusing to write", doc_path.display(), key_path.display()))?;
+    if installer && !doc_path.exists() {
+        bail!("{}: this output has no installer (build a spec with \"iso\" in outputs.formats)", doc_path.display());
+    }
+    let data = crate::sign::read_signed(&pk, &key_path, &doc_path, &dir.join(sig)).context("refusing to write")?;
     let signed = if installer {
         let info: InstallerInfo = serde_json::from_slice(&data).with_context(|| format!("parsing {}", doc_path.display()))?;
         Signed { file: dir.join(&info.iso.path), size: info.iso.size, map: info.block_map, what: format!("{} installer", info.image) }

@@ -84,6 +84,16 @@ pub fn verify(pk: &PublicKey, data: &[u8], sig_text: &str) -> Result<()> {
     minisign::verify(pk, &sig, Cursor::new(data), true, false, false).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// Reads `doc` and checks its detached signature `sig` with `pk` (loaded
+/// from `key_path`, named in errors). Returns the document's bytes: nothing
+/// of an unverified document reaches the caller.
+pub fn read_signed(pk: &PublicKey, key_path: &Path, doc: &Path, sig: &Path) -> Result<Vec<u8>> {
+    let data = fs::read(doc).with_context(|| format!("reading {}", doc.display()))?;
+    let sig_text = fs::read_to_string(sig).with_context(|| format!("reading {}", sig.display()))?;
+    verify(pk, &data, &sig_text).with_context(|| format!("{}: signature does not verify with {}", doc.display(), key_path.display()))?;
+    Ok(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,14 +18,10 @@ pub struct Mismatch {
 /// your own key file to prove origin). Returns the manifest on success.
 pub fn verify_dir(dir: &Path, pubkey: Option<&Path>) -> Result<Manifest> {
     let manifest_path = dir.join(MANIFEST_FILE);
-    let data = std::fs::read(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?;
-    let sig_path = dir.join(MANIFEST_SIG_FILE);
-    let sig = std::fs::read_to_string(&sig_path).with_context(|| format!("reading {}", sig_path.display()))?;
     let key_path = pubkey.map(Path::to_path_buf).unwrap_or_else(|| dir.join(crate::sign::PUBLIC_KEY_FILE));
     let pk = crate::sign::load_public_key(&key_path)?;
-    crate::sign::verify(&pk, &data, &sig)
-        .with_context(|| format!("{}: signature does not verify with {}", manifest_path.display(), key_path.display()))?;
-    let manifest: Manifest = serde_json::from_slice(&data).with_context(|| format!("parsing {}", manifest_path.display()))?;
+    let manifest_bytes = crate::sign::read_signed(&pk, &key_path, &manifest_path, &dir.join(MANIFEST_SIG_FILE))?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).with_context(|| format!("parsing {}", manifest_path.display()))?;
 
     let mut bad = Vec::new();
     for out in &manifest.outputs {
@@ -57,18 +53,14 @@ pub fn verify_dir(dir: &Path, pubkey: Option<&Path>) -> Result<Manifest> {
     // The installer ISO, when there is one, is described by its own signed file.
     let info_path = dir.join(INSTALLER_FILE);
     if info_path.exists() {
-        let data = std::fs::read(&info_path).with_context(|| format!("reading {}", info_path.display()))?;
-        let sig_path = dir.join(INSTALLER_SIG_FILE);
-        let sig = std::fs::read_to_string(&sig_path).with_context(|| format!("reading {}", sig_path.display()))?;
-        crate::sign::verify(&pk, &data, &sig)
-            .with_context(|| format!("{}: signature does not verify with {}", info_path.display(), key_path.display()))?;
+        let data = crate::sign::read_signed(&pk, &key_path, &info_path, &dir.join(INSTALLER_SIG_FILE))?;
         let info: InstallerInfo = serde_json::from_slice(&data).with_context(|| format!("parsing {}", info_path.display()))?;
         let iso = dir.join(&info.iso.path);
         let digest = crate::fsutil::sha256_file(&iso).unwrap_or_else(|_| "missing".into());
         if digest != info.iso.sha256 {
             bad.push(Mismatch { what: info.iso.path.clone(), expected: format!("sha256 {}", info.iso.sha256), actual: format!("sha256 {digest}") });
         }
-        let manifest_sha = crate::fsutil::sha256_bytes(&std::fs::read(&manifest_path)?);
+        let manifest_sha = crate::fsutil::sha256_bytes(&manifest_bytes);
         if manifest_sha != info.manifest_sha256 {
             bad.push(Mismatch { what: format!("{INSTALLER_FILE} manifest_sha256"), expected: info.manifest_sha256.clone(), actual: manifest_sha });
         }

@@ -106,6 +106,15 @@ impl Target {
         Ok(Target { path: path.to_path_buf(), kind: TargetKind::NewFile, buffered, direct })
     }
 
+    /// The descriptor for an aligned transfer of `len` bytes: O_DIRECT where
+    /// the target allows it.
+    fn file_for(&self, len: usize) -> &File {
+        match &self.direct {
+            Some(direct) if len > 0 => direct,
+            _ => &self.buffered,
+        }
+    }
+
     /// Size of the device (or file) in bytes.
     pub fn size(&self) -> Result<u64> {
         let end = rustix::fs::seek(&self.buffered, rustix::fs::SeekFrom::End(0)).with_context(|| format!("sizing {}", self.path.display()))?;
@@ -173,6 +182,13 @@ impl AlignedBuf {
         assert!(n <= self.len);
         &mut self.raw[self.start..self.start + n]
     }
+}
+
+/// A range's length, and the part of it O_DIRECT can move (the rest, an
+/// unaligned tail at the image's end, goes through the page cache).
+fn split(r: &MappedRange) -> (usize, usize) {
+    let n = r.length as usize;
+    (n, n - n % ALIGN)
 }
 
 fn range_name(i: usize, r: &MappedRange) -> String {
@@ -343,16 +359,12 @@ fn write_ranges(image: &Image, source: &Source, target: &Target, progress: &mut 
 }
 
 fn write_range(target: &Target, i: usize, r: &MappedRange, buf: &mut AlignedBuf) -> Result<()> {
-    let n = r.length as usize;
-    let aligned = n - n % ALIGN;
     let fail = |e: std::io::Error| {
         let hint = if e.raw_os_error() == Some(5) || e.raw_os_error() == Some(6) { " (was the device removed?)" } else { "" };
         anyhow::Error::new(e).context(format!("writing {} to {}{hint}", range_name(i, r), target.path.display()))
     };
-    match &target.direct {
-        Some(direct) if aligned > 0 => direct.write_all_at(buf.slice(aligned), r.offset).map_err(fail)?,
-        _ => target.buffered.write_all_at(&buf.slice(aligned)[..], r.offset).map_err(fail)?,
-    }
+    let (n, aligned) = split(r);
+    target.file_for(aligned).write_all_at(buf.slice(aligned), r.offset).map_err(fail)?;
     if aligned < n {
         target.buffered.write_all_at(&buf.slice(n)[aligned..], r.offset + aligned as u64).map_err(fail)?;
     }
@@ -404,13 +416,9 @@ fn verify(image: &Image, target: &Target, progress: &mut dyn FnMut(Progress)) ->
 }
 
 fn verify_range(target: &Target, i: usize, r: &MappedRange, buf: &mut AlignedBuf) -> Result<()> {
-    let n = r.length as usize;
-    let aligned = n - n % ALIGN;
     let read_fail = |e: std::io::Error| anyhow::Error::new(e).context(format!("reading back {} from {}", range_name(i, r), target.path.display()));
-    match &target.direct {
-        Some(direct) if aligned > 0 => direct.read_exact_at(buf.slice(aligned), r.offset).map_err(read_fail)?,
-        _ => target.buffered.read_exact_at(buf.slice(aligned), r.offset).map_err(read_fail)?,
-    }
+    let (n, aligned) = split(r);
+    target.file_for(aligned).read_exact_at(buf.slice(aligned), r.offset).map_err(read_fail)?;
     if aligned < n {
         target.buffered.read_exact_at(&mut buf.slice(n)[aligned..], r.offset + aligned as u64).map_err(read_fail)?;
     }
