@@ -13,8 +13,10 @@ fi
 ./ciab doctor --install
 # Test-only tools: debugfs/e2fsck (e2fsprogs), setfattr (attr), a real
 # browser for the status page as a person sees it (chromium), and the peer
-# `ciab flash` is compared with (bmaptool from bmap-tools).
+# `ciab flash` is compared with (bmaptool from bmap-tools), and GNU cpio to
+# extract the installer's initramfs as the kernel would.
 missing=""
+command -v cpio >/dev/null 2>&1 || missing="$missing cpio"
 command -v bmaptool >/dev/null 2>&1 || missing="$missing bmap-tools"
 command -v setfattr >/dev/null 2>&1 || missing="$missing attr"
 command -v debugfs >/dev/null 2>&1 || missing="$missing e2fsprogs"
