@@ -31,6 +31,8 @@ pub struct BuildOptions {
     pub create_key: bool,
     /// Signing key overriding the spec's `signing.key`.
     pub signing_key: Option<PathBuf>,
+    /// Registry access for the bundle's images.
+    pub fetch: crate::fetch::FetchOptions,
 }
 
 /// What a build produced.
@@ -58,6 +60,7 @@ pub fn find_firstboot_bin(explicit: Option<&Path>) -> Result<PathBuf> {
 
 pub fn build(opts: &BuildOptions) -> Result<BuildResult> {
     let spec = Spec::load(&opts.spec)?;
+    crate::fetch::check_pinned(&spec.images, &spec.artifacts).with_context(|| format!("{}", opts.spec.display()))?;
     let checks = doctor::check_all();
     doctor::require(&checks, doctor::Need::Build)?;
     if !rustix::process::geteuid().is_root() {
@@ -78,6 +81,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildResult> {
         cache: &cache,
         tools: doctor::build_tool_versions(&checks),
         ids: DiskIds::derive(&spec_sha256),
+        fetch: opts.fetch.clone(),
     };
     tracing::info!("building {} {} from {} (spec {})", spec.name, spec.version, opts.spec.display(), &spec_sha256[..12]);
 

@@ -28,6 +28,13 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Build an image from a spec.
     Build(BuildArgs),
+    /// Pin the spec's images to digests and artifacts to sha256s.
+    ///
+    /// Resolves each `[[registry.images]]` tag to its manifest digest at its
+    /// source and hashes each `[[artifacts]]` file, then writes `digest =` /
+    /// `sha256 =` into the spec file that declares the entry. Entries already
+    /// pinned are left alone unless --update.
+    Lock(LockArgs),
     /// Check an output directory's signature and every digest in its manifest.
     Verify(VerifyArgs),
     /// Write a signed image (or its installer ISO) to a disk or USB stick.
@@ -80,6 +87,41 @@ pub struct BuildArgs {
     /// Fail instead of creating the signing key when it does not exist.
     #[arg(long, help_heading = "Advanced")]
     pub no_keygen: bool,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+}
+
+/// How image and artifact downloads reach the network.
+#[derive(Debug, Clone, Args)]
+pub struct FetchArgs {
+    /// A registry (host:port) to reach over plain HTTP instead of HTTPS,
+    /// e.g. a local mirror; repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT", help_heading = "Fetching")]
+    pub insecure_registries: Vec<String>,
+    /// Downloads in flight at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Fetching")]
+    pub jobs: u16,
+}
+
+impl FetchArgs {
+    pub fn options(&self) -> crate::fetch::FetchOptions {
+        crate::fetch::FetchOptions { insecure_registries: self.insecure_registries.clone(), jobs: usize::from(self.jobs) }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// The spec file.
+    #[arg(default_value = crate::spec::DEFAULT_SPEC)]
+    pub spec: PathBuf,
+    /// Re-resolve entries that are already pinned (a tag that moved, a changed file).
+    #[arg(long)]
+    pub update: bool,
+    /// Download cache [default: ${XDG_CACHE_HOME:-~/.cache}/ciab].
+    #[arg(long, env = "CIAB_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 }
 
 #[derive(Debug, Args)]

@@ -48,8 +48,12 @@ fn dispatch(command: Command) -> Result<()> {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
-                println!("{}: ok ({} {}, {} packages, overlays: {})", args.spec.display(), s.name, s.version, s.packages.len(),
-                    s.overlays.iter().filter_map(|o| o.file_name()).map(|n| n.to_string_lossy().into_owned()).collect::<Vec<_>>().join(", "));
+                println!("{}: ok ({} {}, {} packages, overlays: {}, {} images, {} artifacts)", args.spec.display(), s.name, s.version, s.packages.len(),
+                    s.overlays.iter().filter_map(|o| o.file_name()).map(|n| n.to_string_lossy().into_owned()).collect::<Vec<_>>().join(", "),
+                    s.images.len(), s.artifacts.len());
+                if let Err(e) = ciab_builder::fetch::check_pinned(&s.images, &s.artifacts) {
+                    println!("warning: {e}");
+                }
             }
             Ok(())
         }
@@ -61,10 +65,22 @@ fn dispatch(command: Command) -> Result<()> {
                 firstboot_bin: args.firstboot_bin,
                 create_key: !args.no_keygen,
                 signing_key: args.key,
+                fetch: args.fetch.options(),
             };
             let result = build::build(&opts)?;
             eprint!("{}", result.summary);
             println!("{}", result.out_dir.display());
+            Ok(())
+        }
+        Command::Lock(args) => {
+            let cache_root = args.cache_dir.clone().unwrap_or_else(ciab_builder::cache::default_root);
+            let pins = ciab_builder::lock::lock(&args.spec, &cache_root, &args.fetch.options(), args.update)?;
+            for p in &pins {
+                println!("{}: {} {} = {}", p.origin.file.display(), p.what, p.key, p.value);
+            }
+            if pins.is_empty() {
+                println!("{}: every image and artifact already pinned", args.spec.display());
+            }
             Ok(())
         }
         Command::Verify(args) => {

@@ -117,6 +117,7 @@ pub fn up(args: &UpArgs) -> Result<()> {
         firstboot_bin: None,
         create_key: true,
         signing_key: None,
+        fetch: Default::default(),
     };
     let result = crate::build::build(&opts)?;
     eprint!("{}", result.summary);

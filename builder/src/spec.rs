@@ -54,6 +54,10 @@ pub struct SpecFile {
     pub disk: Option<DiskSection>,
     pub outputs: Option<OutputsSection>,
     pub signing: Option<SigningSection>,
+    pub registry: Option<RegistrySection>,
+    /// Files carried in the bundle partition.
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactEntry>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -119,6 +123,42 @@ pub struct SigningSection {
     pub key: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    /// Container images served by the box's offline registry.
+    #[serde(default)]
+    pub images: Vec<ImageEntry>,
+}
+
+/// `[[registry.images]]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageEntry {
+    /// The name clients ask for, e.g. `registry.k8s.io/pause:3.10`.
+    #[serde(rename = "ref")]
+    pub reference: toml::Spanned<String>,
+    /// `sha256:<hex>` of the manifest or index; `ciab lock` fills it in.
+    pub digest: Option<toml::Spanned<String>>,
+    /// Which entries of a multi-platform index to carry (`os/arch[/variant]`).
+    pub platforms: Option<Vec<toml::Spanned<String>>>,
+    /// Where to fetch from when not the ref's own registry: another registry
+    /// reference, `oci:<dir>[:<tag>]` or `docker-archive:<file.tar>`.
+    pub source: Option<toml::Spanned<String>>,
+}
+
+/// `[[artifacts]]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactEntry {
+    /// `https://…`, `http://…`, `file:///…` or a path relative to the spec file.
+    pub url: toml::Spanned<String>,
+    /// Lowercase hex sha256 of the file; `ciab lock` fills it in.
+    pub sha256: Option<toml::Spanned<String>>,
+    /// Path inside the bundle partition.
+    pub dest: toml::Spanned<String>,
+}
+
 /// The resolved spec: what a build runs from. Serialized as JSON it is the
 /// root of every cache key and is what `ciab validate --json` prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +175,10 @@ pub struct Spec {
     pub boot: Boot,
     pub disk: Disk,
     pub formats: Vec<OutputFormat>,
+    /// Container images of the offline registry, in spec order.
+    pub images: Vec<ImageSpec>,
+    /// Files of the bundle, in spec order.
+    pub artifacts: Vec<ArtifactSpec>,
     /// Signing key path (not part of the image's identity, see [`Spec::identity_json`]).
     pub signing_key: PathBuf,
     /// Spec files read, top file first.
@@ -169,6 +213,60 @@ pub struct Disk {
     /// `None`: sized to fit the bundle.
     pub bundle_mib: Option<u64>,
 }
+
+/// Where a spec entry was written: `ciab lock` edits it there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    /// Index in the file's array (`registry.images` or `artifacts`).
+    pub index: usize,
+}
+
+/// A container image of the bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSpec {
+    /// Normalized reference clients ask for: `registry/repository[:tag]`.
+    pub reference: String,
+    /// The pinned manifest (or index) digest; `None` until `ciab lock`.
+    pub digest: Option<String>,
+    /// `os/arch[/variant]`, sorted and unique.
+    pub platforms: Vec<String>,
+    /// Where the bytes come from. Not part of the image's identity: the digest pins them.
+    pub source: ImageSource,
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// Where an image is fetched from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum ImageSource {
+    /// A registry reference (the image's own ref by default).
+    Registry { reference: String },
+    /// An OCI image layout directory; `tag` selects the entry of its index.json.
+    OciLayout { path: PathBuf, tag: Option<String> },
+    /// A `docker save` tarball.
+    DockerArchive { path: PathBuf },
+}
+
+/// A file of the bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactSpec {
+    /// `http(s)://…` or an absolute local path (`file://` and relative paths resolved).
+    pub url: String,
+    pub sha256: Option<String>,
+    /// Normalized relative path inside the bundle.
+    pub dest: String,
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// Registries whose names the box's containerd resolves through the offline
+/// registry (`overlays/registry/etc/containerd/certs.d`).
+pub const MIRRORED_REGISTRIES: &[&str] = &["docker.io", "quay.io", "registry.k8s.io", "ghcr.io", "registry.scs.community"];
+
+/// Top-level names of the bundle that artifacts may not take.
+pub const RESERVED_BUNDLE_NAMES: &[&str] = &["registry", "bundle.json"];
 
 /// An output format derived from the raw disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -217,6 +315,14 @@ impl Spec {
         if let Some(obj) = v.as_object_mut() {
             obj.remove("signing_key");
             obj.remove("files");
+            // The digest and sha256 pin the bytes; where they are fetched from is not identity.
+            for (list, field) in [("images", "source"), ("artifacts", "url")] {
+                if let Some(items) = obj.get_mut(list).and_then(|o| o.as_array_mut()) {
+                    for item in items.iter_mut().filter_map(|i| i.as_object_mut()) {
+                        item.remove(field);
+                    }
+                }
+            }
             // Overlay contents are hashed by the overlay stage; the checkout path is not identity.
             if let Some(list) = obj.get_mut("overlays").and_then(|o| o.as_array_mut()) {
                 for item in list.iter_mut() {
@@ -291,6 +397,8 @@ struct Merged {
     bundle_mib: Option<u64>,
     formats: Option<Vec<OutputFormat>>,
     signing_key: Option<String>,
+    images: Vec<ImageSpec>,
+    artifacts: Vec<ArtifactSpec>,
 }
 
 fn load_merged(path: &Path, stack: &mut Vec<PathBuf>, files: &mut Vec<PathBuf>) -> Result<Merged> {
@@ -430,7 +538,131 @@ fn check_file(loc: &Located, file: &SpecFile, dir: &Path) -> Result<Merged> {
     if let Some(signing) = &file.signing {
         m.signing_key = signing.key.clone();
     }
+    if let Some(registry) = &file.registry {
+        for (i, entry) in registry.images.iter().enumerate() {
+            m.images.push(check_image(loc, dir, i, entry)?);
+        }
+    }
+    for (i, entry) in file.artifacts.iter().enumerate() {
+        m.artifacts.push(check_artifact(loc, dir, i, entry)?);
+    }
     Ok(m)
+}
+
+fn check_image(loc: &Located, dir: &Path, i: usize, entry: &ImageEntry) -> Result<ImageSpec> {
+    let key = |field: &str| format!("registry.images[{i}].{field}");
+    let raw = entry.reference.get_ref();
+    let parsed = crate::oci::reference::ImageRef::parse(raw).map_err(|e| loc.err(&entry.reference, &key("ref"), e.to_string()))?;
+    if !MIRRORED_REGISTRIES.contains(&parsed.registry.as_str()) {
+        return Err(loc.err(
+            &entry.reference,
+            &key("ref"),
+            format!(
+                "images of registry {:?} cannot be pulled by name on the box: the box mirrors {}. Name the image under one of them and fetch it from elsewhere with `source = \"{raw}\"`",
+                parsed.registry,
+                MIRRORED_REGISTRIES.join(", ")
+            ),
+        ));
+    }
+    let mut digest = parsed.digest.clone();
+    if let Some(d) = &entry.digest {
+        let value = d.get_ref();
+        crate::oci::digest::Digest::parse(value).map_err(|e| loc.err(d, &key("digest"), e.to_string()))?;
+        if digest.as_ref().is_some_and(|in_ref| in_ref != value) {
+            return Err(loc.err(d, &key("digest"), format!("{value} differs from the digest in `ref` ({})", digest.unwrap_or_default())));
+        }
+        digest = Some(value.clone());
+    }
+    let mut platforms = Vec::new();
+    for (j, p) in entry.platforms.iter().flatten().enumerate() {
+        if crate::oci::platform::Platform::parse(p.get_ref()).is_none() {
+            return Err(loc.err(p, &format!("registry.images[{i}].platforms[{j}]"), format!("{:?} is not a platform: write os/arch or os/arch/variant, e.g. \"linux/amd64\"", p.get_ref())));
+        }
+        platforms.push(p.get_ref().clone());
+    }
+    if entry.platforms.is_none() {
+        platforms.push(crate::oci::platform::DEFAULT_PLATFORM.to_owned());
+    } else if platforms.is_empty() {
+        return Err(loc.err(&entry.reference, &key("platforms"), "is empty: list at least one platform, or leave it out for linux/amd64"));
+    }
+    platforms.sort();
+    platforms.dedup();
+    let source = match &entry.source {
+        None => ImageSource::Registry { reference: parsed.to_string() },
+        Some(s) => parse_source(dir, s.get_ref()).map_err(|e| loc.err(s, &key("source"), e))?,
+    };
+    Ok(ImageSpec {
+        reference: parsed.name_and_tag(),
+        digest,
+        platforms,
+        source,
+        origin: Origin { file: loc.path.clone(), index: i },
+    })
+}
+
+fn parse_source(dir: &Path, s: &str) -> Result<ImageSource, String> {
+    let local = |p: &str| -> Result<PathBuf, String> {
+        if p.is_empty() {
+            return Err(format!("{s:?} names no path"));
+        }
+        Ok(dir.join(expand_home(p)))
+    };
+    if let Some(rest) = s.strip_prefix("oci:") {
+        // `oci:<dir>:<tag>`; a tag has no '/', so a colon followed by one belongs to the path.
+        let (path, tag) = match rest.rsplit_once(':') {
+            Some((p, t)) if !t.is_empty() && !t.contains('/') => (p, Some(t.to_owned())),
+            _ => (rest, None),
+        };
+        return Ok(ImageSource::OciLayout { path: local(path)?, tag });
+    }
+    if let Some(rest) = s.strip_prefix("docker-archive:") {
+        return Ok(ImageSource::DockerArchive { path: local(rest)? });
+    }
+    let rest = s.strip_prefix("docker://").unwrap_or(s);
+    let parsed = crate::oci::reference::ImageRef::parse(rest).map_err(|e| e.to_string())?;
+    Ok(ImageSource::Registry { reference: parsed.to_string() })
+}
+
+fn check_artifact(loc: &Located, dir: &Path, i: usize, entry: &ArtifactEntry) -> Result<ArtifactSpec> {
+    let key = |field: &str| format!("artifacts[{i}].{field}");
+    let url = entry.url.get_ref();
+    let url = if url.starts_with("https://") || url.starts_with("http://") {
+        url.clone()
+    } else if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(loc.err(&entry.url, &key("url"), format!("{url:?}: a file:// URL needs an absolute path (file:///…)")));
+        }
+        path.to_owned()
+    } else if url.contains("://") || url.is_empty() {
+        return Err(loc.err(&entry.url, &key("url"), format!("{url:?} is not supported: use https://, http://, file:// or a path")));
+    } else {
+        dir.join(expand_home(url)).to_string_lossy().into_owned()
+    };
+    let sha256 = match &entry.sha256 {
+        Some(s) => {
+            let v = s.get_ref();
+            if v.len() != 64 || !v.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+                return Err(loc.err(s, &key("sha256"), format!("{v:?} is not a sha256: 64 lowercase hex digits")));
+            }
+            Some(v.clone())
+        }
+        None => None,
+    };
+    let dest = normalize_dest(entry.dest.get_ref()).map_err(|e| loc.err(&entry.dest, &key("dest"), e))?;
+    Ok(ArtifactSpec { url, sha256, dest, origin: Origin { file: loc.path.clone(), index: i } })
+}
+
+/// A relative path of plain components that stays inside the bundle and
+/// clear of the names the builder writes.
+fn normalize_dest(dest: &str) -> Result<String, String> {
+    let parts: Vec<&str> = dest.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    if dest.starts_with('/') || parts.is_empty() || parts.iter().any(|p| *p == ".." || p.contains('\0')) {
+        return Err(format!("{dest:?} is not a relative path inside the bundle (no leading '/', no '..')"));
+    }
+    if RESERVED_BUNDLE_NAMES.contains(&parts[0]) {
+        return Err(format!("{dest:?} collides with the builder's own {:?} in the bundle: choose another folder", parts[0]));
+    }
+    Ok(parts.join("/"))
 }
 
 fn merge(base: &mut Merged, top: Merged) {
@@ -440,6 +672,8 @@ fn merge(base: &mut Merged, top: Merged) {
     over!(name, version, description, source_date_epoch, suite, mirror, security_mirror, components, variant,
         cmdline, initrd_modules, timeout_seconds, esp_mib, root_mib, bundle_mib, formats, signing_key);
     base.packages.extend(top.packages);
+    base.images.extend(top.images);
+    base.artifacts.extend(top.artifacts);
     for o in top.overlays {
         if !base.overlays.contains(&o) {
             base.overlays.push(o);
@@ -455,6 +689,7 @@ fn resolve(path: &Path, m: Merged, files: Vec<PathBuf>) -> Result<Spec> {
     let mut formats = m.formats.unwrap_or_else(|| vec![OutputFormat::Raw, OutputFormat::Qcow2]);
     formats.sort();
     formats.dedup();
+    check_unique(path, &m.images, &m.artifacts)?;
     Ok(Spec {
         name: m.name.ok_or_else(|| missing("image.name"))?,
         version: m.version.ok_or_else(|| missing("image.version"))?,
@@ -476,9 +711,36 @@ fn resolve(path: &Path, m: Merged, files: Vec<PathBuf>) -> Result<Spec> {
         },
         disk: Disk { esp_mib: m.esp_mib.unwrap_or(512), root_mib: m.root_mib.unwrap_or(2048), bundle_mib: m.bundle_mib },
         formats,
+        images: m.images,
+        artifacts: m.artifacts,
         signing_key: expand_home(m.signing_key.as_deref().unwrap_or(crate::sign::DEFAULT_KEY_PATH)),
         files,
     })
+}
+
+/// One entry per image reference and per artifact destination, across includes.
+fn check_unique(path: &Path, images: &[ImageSpec], artifacts: &[ArtifactSpec]) -> Result<()> {
+    let dup = |key: &str, what: &str, a: &Origin, b: &Origin| -> anyhow::Error {
+        SpecError {
+            file: path.to_owned(),
+            position: None,
+            key: Some(key.to_owned()),
+            message: format!("{what} is listed twice ({} entry {} and {} entry {}): keep one", a.file.display(), a.index, b.file.display(), b.index),
+        }
+        .into()
+    };
+    for (i, a) in images.iter().enumerate() {
+        if let Some(b) = images[..i].iter().find(|b| b.reference == a.reference) {
+            return Err(dup("registry.images", &format!("image {}", a.reference), &b.origin, &a.origin));
+        }
+    }
+    for (i, a) in artifacts.iter().enumerate() {
+        let clash = artifacts[..i].iter().find(|b| b.dest == a.dest || a.dest.starts_with(&format!("{}/", b.dest)) || b.dest.starts_with(&format!("{}/", a.dest)));
+        if let Some(b) = clash {
+            return Err(dup("artifacts", &format!("bundle path {} (or a parent of it)", a.dest), &b.origin, &a.origin));
+        }
+    }
+    Ok(())
 }
 
 /// Expands a leading `~/` to $HOME.
@@ -667,7 +929,9 @@ root_mib = 4096
         for p in &tiny.packages {
             assert!(eval.packages.contains(p), "eval lacks tiny's {p}");
         }
-        assert_eq!(tiny.overlays, eval.overlays);
+        assert_eq!(eval.overlays[..tiny.overlays.len()], tiny.overlays[..]);
+        assert!(eval.overlays.iter().any(|o| o.ends_with("overlays/registry")), "eval serves the offline registry");
+        assert!(eval.packages.iter().any(|p| p == "docker-registry") && eval.packages.iter().any(|p| p == "containerd"));
         assert_eq!(tiny.source_date_epoch, eval.source_date_epoch);
         for p in crate::stages::rootfs::REQUIRED_PACKAGES {
             assert!(tiny.packages.iter().any(|q| q == p), "tiny lacks {p}");
@@ -684,5 +948,102 @@ root_mib = 4096
         let mut sb = Spec::load(&write(b.path(), "base.toml", BASE)).unwrap();
         sb.signing_key = PathBuf::from("/elsewhere.key");
         assert_eq!(sa.identity_json().unwrap(), sb.identity_json().unwrap());
+    }
+
+    #[test]
+    fn registry_images_and_artifacts_resolve() {
+        let dir = tree();
+        let d = format!("sha256:{}", "a".repeat(64));
+        write(&dir.path(), "base.toml", BASE);
+        let top = write(
+            &dir.path(),
+            "top.toml",
+            &format!(
+                r#"include = ["base.toml"]
+[[registry.images]]
+ref = "registry.k8s.io/pause:3.10"
+digest = "{d}"
+
+[[registry.images]]
+ref = "busybox:1.37"
+platforms = ["linux/arm64", "linux/amd64", "linux/amd64"]
+source = "oci:../layouts/busybox:1.37"
+
+[[registry.images]]
+ref = "ghcr.io/x/y:2"
+source = "127.0.0.1:5000/y:2"
+
+[[artifacts]]
+url = "files/k3s"
+sha256 = "{}"
+dest = "./kaas//k3s"
+"#,
+                "b".repeat(64)
+            ),
+        );
+        let spec = Spec::load(&top).unwrap();
+        assert_eq!(spec.images.len(), 3);
+        let pause = &spec.images[0];
+        assert_eq!((pause.reference.as_str(), pause.digest.as_deref()), ("registry.k8s.io/pause:3.10", Some(d.as_str())));
+        assert_eq!(pause.platforms, vec!["linux/amd64"]);
+        assert_eq!(pause.source, ImageSource::Registry { reference: "registry.k8s.io/pause:3.10".into() });
+        assert_eq!(pause.origin, Origin { file: top.clone(), index: 0 });
+        let bb = &spec.images[1];
+        assert_eq!(bb.reference, "docker.io/library/busybox:1.37");
+        assert_eq!(bb.platforms, vec!["linux/amd64", "linux/arm64"]);
+        assert_eq!(bb.source, ImageSource::OciLayout { path: dir.path().join("images/../layouts/busybox"), tag: Some("1.37".into()) });
+        assert_eq!(spec.images[2].source, ImageSource::Registry { reference: "127.0.0.1:5000/y:2".into() });
+        assert_eq!(spec.artifacts[0].dest, "kaas/k3s");
+        assert_eq!(spec.artifacts[0].url, dir.path().join("images/files/k3s").to_string_lossy());
+        // Where bytes come from is not the image's identity; what they are is.
+        let identity = spec.identity_json().unwrap();
+        assert!(!identity.contains("layouts") && !identity.contains("files/k3s"), "{identity}");
+        assert!(identity.contains(&d));
+        assert!(crate::fetch::check_pinned(&spec.images, &spec.artifacts).unwrap_err().to_string().contains("Run `ciab lock"));
+    }
+
+    #[test]
+    fn registry_entry_errors_name_the_key() {
+        let dir = tree();
+        let case = |entry: &str| -> String {
+            let p = write(&dir.path(), "bad.toml", &format!("{BASE}\n{entry}\n"));
+            err_of(&p)
+        };
+        let e = case("[[registry.images]]\nref = \"example.com/a/b:1\"");
+        assert!(e.contains("key `registry.images[0].ref`") && e.contains("the box mirrors docker.io"), "{e}");
+        let e = case("[[registry.images]]\nref = \"quay.io/a/b:1\"\ndigest = \"md5:x\"");
+        assert!(e.contains("key `registry.images[0].digest`") && e.contains("is not a digest"), "{e}");
+        let e = case("[[registry.images]]\nref = \"quay.io/a/b:1\"\nplatforms = [\"amd64\"]");
+        assert!(e.contains("key `registry.images[0].platforms[0]`"), "{e}");
+        let e = case("[[registry.images]]\nref = \"quay.io/a/b:1\"\nplatforms = []");
+        assert!(e.contains("is empty"), "{e}");
+        let e = case("[[registry.images]]\nref = \"quay.io/a/b:1\"\ntag = \"x\"");
+        assert!(e.contains("unknown field `tag`"), "{e}");
+        let e = case("[[artifacts]]\nurl = \"ftp://x/y\"\ndest = \"a\"");
+        assert!(e.contains("key `artifacts[0].url`"), "{e}");
+        let e = case("[[artifacts]]\nurl = \"https://x/y\"\ndest = \"../etc/passwd\"");
+        assert!(e.contains("key `artifacts[0].dest`") && e.contains("no '..'"), "{e}");
+        let e = case("[[artifacts]]\nurl = \"https://x/y\"\ndest = \"registry/x\"");
+        assert!(e.contains("collides with the builder's own \"registry\""), "{e}");
+        let e = case("[[artifacts]]\nurl = \"https://x/y\"\nsha256 = \"ABC\"\ndest = \"a\"");
+        assert!(e.contains("key `artifacts[0].sha256`"), "{e}");
+        let e = case("[[artifacts]]\nurl = \"https://x/y\"\ndest = \"a\"\n[[artifacts]]\nurl = \"https://x/z\"\ndest = \"a/b\"");
+        assert!(e.contains("bundle path a/b (or a parent of it) is listed twice"), "{e}");
+        let e = case("[[registry.images]]\nref = \"busybox\"\n[[registry.images]]\nref = \"docker.io/library/busybox:latest\"");
+        assert!(e.contains("image docker.io/library/busybox:latest is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn every_mirrored_registry_has_a_containerd_mirror() {
+        let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlays/registry/etc/containerd/certs.d");
+        for r in MIRRORED_REGISTRIES {
+            let hosts = fs::read_to_string(certs.join(r).join("hosts.toml")).unwrap_or_else(|e| panic!("{r}: {e}"));
+            let doc: toml::Value = toml::from_str(&hosts).unwrap();
+            let host = &doc["host"][&format!("http://127.0.0.1:5000/v2/{r}")];
+            assert_eq!(host["override_path"].as_bool(), Some(true), "{r}");
+            assert_eq!(host["capabilities"].as_array().map(Vec::len), Some(2), "{r}");
+        }
+        let listed: Vec<String> = fs::read_dir(&certs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(listed.len(), MIRRORED_REGISTRIES.len(), "{listed:?}");
     }
 }

@@ -66,6 +66,7 @@ pub fn options(spec: &Path, out: &Path, cache_root: &Path) -> Result<BuildOption
         firstboot_bin: Some(firstboot_bin()?),
         create_key: true,
         signing_key: Some(test_key()),
+        fetch: Default::default(),
     })
 }
 

@@ -4,3 +4,4 @@
 
 pub mod harness;
 pub mod images;
+pub mod oci_fixtures;

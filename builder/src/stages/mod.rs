@@ -32,6 +32,8 @@ pub struct Context<'a> {
     /// Versions of the host tools that shape the bytes.
     pub tools: BTreeMap<String, String>,
     pub ids: DiskIds,
+    /// How the bundle stage reaches registries and artifact servers.
+    pub fetch: crate::fetch::FetchOptions,
 }
 
 impl Context<'_> {
