@@ -215,11 +215,15 @@ impl Fetcher {
 
     async fn fetch_blob(&self, src: &Source<'_>, desc: &Descriptor, on_bytes: &(dyn Fn(u64) + Sync)) -> Result<()> {
         let mut last = None;
+        let mut resume = true;
         for attempt in 1..=ATTEMPTS {
             if self.store.contains(&desc.digest) {
                 return Ok(());
             }
-            let mut w = self.store.writer(&desc.digest, Some(desc.size), true)?;
+            let mut w = self.store.writer(&desc.digest, Some(desc.size), resume)?;
+            // A resumed attempt that fails again starts the next one afresh:
+            // the kept bytes may be what the source cannot continue from.
+            resume = w.offset() == 0;
             on_bytes(w.offset());
             let result = match src.blob(desc, &mut w, on_bytes).await {
                 Ok(()) => w.commit(),
