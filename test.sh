@@ -14,8 +14,12 @@ fi
 # Test-only tools: debugfs/e2fsck (e2fsprogs), setfattr (attr), a real
 # browser for the status page as a person sees it (chromium), and the peer
 # `ciab flash` is compared with (bmaptool from bmap-tools), and GNU cpio to
-# extract the installer's initramfs as the kernel would.
+# extract the installer's initramfs as the kernel would; a real Debian
+# docker-registry to push test images to and serve bundles from, and skopeo
+# to push them (and as the peer of the registry benchmark).
 missing=""
+[ -x /usr/bin/docker-registry ] || missing="$missing docker-registry"
+command -v skopeo >/dev/null 2>&1 || missing="$missing skopeo"
 command -v cpio >/dev/null 2>&1 || missing="$missing cpio"
 command -v bmaptool >/dev/null 2>&1 || missing="$missing bmap-tools"
 command -v setfattr >/dev/null 2>&1 || missing="$missing attr"

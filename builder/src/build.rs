@@ -105,7 +105,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildResult> {
     .iter()
     .map(|(s, k)| StageKey { stage: s.to_string(), key: k.to_string() })
     .collect();
-    let input = stages::manifest::ManifestInput { rootfs: &rootfs, disk: &disk, formats: &formats, stages: stage_keys, secret_key: &secret_key };
+    let input = stages::manifest::ManifestInput { rootfs: &rootfs, bundle: &bundle, disk: &disk, formats: &formats, stages: stage_keys, secret_key: &secret_key };
     let signed = p.stage("manifest", || stages::manifest::run(&ctx, &input))?;
     let installer = if spec.formats.contains(&crate::spec::OutputFormat::Iso) {
         let installer_bin = firstboot_bin.with_file_name("ciab-installer");

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version of `manifest.json`'s layout.
-pub const MANIFEST_SCHEMA: u32 = 2;
+pub const MANIFEST_SCHEMA: u32 = 3;
 /// File name of the manifest in an output directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// File name of the manifest's detached minisign signature.
@@ -97,6 +97,8 @@ pub struct Manifest {
     pub tools: BTreeMap<String, String>,
     /// Cache key of each build stage, in order: equal keys mean equal inputs.
     pub stages: Vec<StageKey>,
+    /// What the bundle partition carries: the same index as its `bundle.json`.
+    pub bundle: BundleIndex,
 }
 
 /// Identity of the image.

@@ -688,6 +688,7 @@ impl Vm {
     /// matches too. On failure the error has the last 40 lines and QEMU's
     /// state (exit status and stderr if it exited).
     pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> Result<String> {
+        const KERNEL_PANIC: &str = "Kernel panic - not syncing";
         let deadline = Instant::now() + timeout;
         let mut exited_at: Option<Instant> = None;
         loop {
@@ -710,6 +711,12 @@ impl Vm {
                 let now = Instant::now();
                 if now >= deadline {
                     break;
+                }
+                // A guest kernel panic never recovers: report it now rather
+                // than at the timeout.
+                if st.lines[from..].iter().any(|l| l.contains(KERNEL_PANIC)) {
+                    drop(st);
+                    return Err(anyhow!("{}", self.failure_report(&format!("the guest kernel panicked while waiting for {needle:?}"))));
                 }
                 if st.eof {
                     break;

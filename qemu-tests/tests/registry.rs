@@ -273,3 +273,152 @@ fn a_build_refuses_unpinned_entries() {
     assert!(err.contains("image registry.k8s.io/pause:3.10") && err.contains("Run `ciab lock"), "{err}");
     assert!(!tmp.path().join("out").exists(), "nothing written");
 }
+
+/// The guest side of the QEMU test: waits for the registry, pulls by digest
+/// through its API and by upstream name through containerd, runs the pulled
+/// image, and reports boot-relative times on the console.
+const GUEST_CHECK: &str = r#"#!/bin/sh
+say() { echo "ciab-registry-check: $*"; }
+ACCEPT="application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"
+n=0
+until curl -fsS -o /dev/null http://127.0.0.1:5000/v2/; do
+    n=$((n + 1))
+    if [ "$n" -ge 1800 ]; then
+        say "FAIL: the registry did not answer within 180 s: $(systemctl is-active docker-registry)"
+        exit 1
+    fi
+    sleep 0.1
+done
+say "registry-ready uptime=$(cut -d' ' -f1 /proc/uptime)"
+say "api-manifest sha256:$(curl -fsS -H "Accept: $ACCEPT" http://127.0.0.1:5000/v2/@MULTI_REPO@/manifests/@MULTI_DIGEST@ | sha256sum | cut -d' ' -f1)"
+if ctr --timeout 300s image pull --hosts-dir /etc/containerd/certs.d @BUSYBOX_REF@ >/run/ctr-pull.log 2>&1; then
+    say "ctr-pull ok $(ctr image ls -q | grep -c .) image(s)"
+else
+    say "FAIL ctr-pull: $(tail -n 3 /run/ctr-pull.log | tr '\n' ' ')"
+fi
+say "ctr-run $(ctr run --rm @BUSYBOX_REF@ check /bin/busybox echo hello-from-the-bundle 2>&1 | tr '\n' ' ')"
+until systemctl is-active -q multi-user.target; do sleep 0.5; done
+say "multi-user-us $(systemctl show -p ActiveEnterTimestampMonotonic --value multi-user.target) registry-active-us $(systemctl show -p ActiveEnterTimestampMonotonic --value docker-registry.service)"
+say "done"
+"#;
+
+const GUEST_UNIT: &str = "[Unit]
+Description=ciab test: the offline registry with no network
+After=containerd.service docker-registry.service
+Wants=containerd.service docker-registry.service
+
+[Service]
+Type=simple
+ExecStart=/usr/local/sbin/ciab-registry-check
+StandardOutput=journal+console
+StandardError=journal+console
+";
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().skip_while(|w| *w != key).nth(1).or_else(|| line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}="))))
+}
+
+/// Builds `tiny` plus the registry layer with a bundle of test images pushed
+/// to a local registry, boots it with no NIC, and pulls on the box.
+#[test]
+fn the_box_serves_its_bundle_with_no_network() {
+    use ciab_builder::qemu::{Machine, Network};
+    use ciab_qemu_tests::{harness::Vm, images};
+    let work = images::work_dir().join("registry-box");
+    let _ = std::fs::remove_dir_all(&work);
+    for d in ["images", "overlays/registry-check/usr/local/sbin", "overlays/registry-check/etc/systemd/system/multi-user.target.wants"] {
+        std::fs::create_dir_all(work.join(d)).unwrap();
+    }
+    let busybox = fx::busybox_layout(&work.join("layouts/busybox"), "1.0").unwrap();
+    let multi = fx::two_platform_layout(&work.join("layouts/multi"), "2.0").unwrap();
+    let origin = LocalRegistry::start_writable(&work.join("origin")).unwrap();
+    origin.push(&busybox, "ciab-test/busybox", "1.0").unwrap();
+    origin.push(&multi, "ciab-test/multi", "2.0").unwrap();
+
+    let overlays = work.join("overlays");
+    std::os::unix::fs::symlink(images::repo_root().join("overlays/registry"), overlays.join("registry")).unwrap();
+    let script = GUEST_CHECK
+        .replace("@MULTI_REPO@", "ghcr.io/ciab-test/multi")
+        .replace("@MULTI_DIGEST@", &multi.digest)
+        .replace("@BUSYBOX_REF@", "registry.k8s.io/ciab-test/busybox:1.0");
+    let check = overlays.join("registry-check/usr/local/sbin/ciab-registry-check");
+    std::fs::write(&check, script).unwrap();
+    std::fs::set_permissions(&check, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(overlays.join("registry-check/etc/systemd/system/ciab-registry-check.service"), GUEST_UNIT).unwrap();
+    std::os::unix::fs::symlink("../ciab-registry-check.service", overlays.join("registry-check/etc/systemd/system/multi-user.target.wants/ciab-registry-check.service")).unwrap();
+
+    let tiny = images::repo_root().join("images/tiny.toml");
+    let spec = work.join("images/registry-box.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"include = [{tiny:?}]
+[image]
+name = "registry-box"
+[packages]
+install = ["docker-registry", "containerd", "curl"]
+[overlays]
+layers = ["registry", "registry-check"]
+[outputs]
+formats = ["raw"]
+
+[[registry.images]]
+ref = "registry.k8s.io/ciab-test/busybox:1.0"
+digest = "{}"
+source = "{}/ciab-test/busybox:1.0"
+
+[[registry.images]]
+ref = "ghcr.io/ciab-test/multi:2.0"
+digest = "{}"
+platforms = ["linux/amd64", "linux/arm64"]
+source = "{}/ciab-test/multi:2.0"
+"#,
+            busybox.digest,
+            origin.host(),
+            multi.digest,
+            origin.host(),
+            tiny = tiny.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut opts = images::options(&spec, &images::work_dir().join("out"), &ciab_builder::cache::default_root()).unwrap();
+    opts.fetch.insecure_registries = vec![origin.host()];
+    let out = images::build_with(&opts).expect("building the registry box");
+    drop(origin);
+
+    let manifest: ciab_firstboot::contract::Manifest = serde_json::from_slice(&std::fs::read(out.out_dir.join("manifest.json")).unwrap()).unwrap();
+    let bundle: Vec<(String, String)> = manifest.bundle.images.iter().map(|i| (i.reference.clone(), i.digest.clone())).collect();
+    assert_eq!(
+        bundle,
+        vec![("registry.k8s.io/ciab-test/busybox:1.0".into(), busybox.digest.clone()), ("ghcr.io/ciab-test/multi:2.0".into(), multi.digest.clone())]
+    );
+
+    let image = ciab_builder::run::resolve_image(&out.out_dir, true).expect("verified image");
+    let disk = images::disk_with_image(&image, &work.join("vm"), "8G").unwrap();
+    let mut m = Machine::new(&disk);
+    m.accel = ciab_builder::run::choose_accel("auto").unwrap();
+    m.memory_mib = 1536;
+    m.cpus = 2;
+    m.snapshot = true;
+    m.network = Network::None;
+    let vm = Vm::start(&m).expect("starting QEMU");
+    let done = vm.wait_for_line("ciab-registry-check: done", std::time::Duration::from_secs(900));
+    let lines: Vec<String> = vm.serial_lines().into_iter().filter(|l| l.contains("ciab-registry-check:")).collect();
+    if let Err(e) = done {
+        panic!("the registry check did not finish:\n{}\n{e:#}", lines.join("\n"));
+    }
+    let find = |what: &str| lines.iter().find(|l| l.contains(what)).cloned().unwrap_or_else(|| panic!("no {what} line in:\n{}", lines.join("\n")));
+    assert!(!lines.iter().any(|l| l.contains("FAIL")), "{}", lines.join("\n"));
+    assert!(find("api-manifest").contains(&multi.digest), "{}", lines.join("\n"));
+    assert!(find("ctr-pull ok").contains("ok"));
+    assert!(find("ctr-run").contains("hello-from-the-bundle"), "{}", lines.join("\n"));
+    let ready: f64 = field(&find("registry-ready"), "uptime").and_then(|v| v.parse().ok()).expect("uptime");
+    let times = find("multi-user-us");
+    let us = |k: &str| field(&times, k).and_then(|v| v.parse::<f64>().ok()).map(|v| v / 1e6).expect("timestamp");
+    eprintln!(
+        "registry box: registry answering {ready:.1} s after boot; docker-registry active at {:.1} s; multi-user.target at {:.1} s (registry answered {:+.1} s relative to multi-user)",
+        us("registry-active-us"),
+        us("multi-user-us"),
+        ready - us("multi-user-us")
+    );
+}

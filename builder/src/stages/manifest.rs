@@ -7,10 +7,10 @@ use super::{Context, STAGE_FORMAT};
 use crate::cache::KeyBuilder;
 use crate::progress::Outcome;
 use crate::spec::OutputFormat;
-use crate::stages::{disk::Disk, formats::Formats, rootfs::Rootfs};
+use crate::stages::{bundle::Bundle, disk::Disk, formats::Formats, rootfs::Rootfs};
 use anyhow::{Context as _, Result};
 use ciab_firstboot::contract::{
-    DiskInfo, ImageInfo, Manifest, MappedRange, OutputFile, PackageInfo, PartitionInfo, PartitionRole, StageKey, MANIFEST_FILE, MANIFEST_SCHEMA,
+    BundleIndex, DiskInfo, ImageInfo, Manifest, MappedRange, OutputFile, PackageInfo, PartitionInfo, PartitionRole, StageKey, MANIFEST_FILE, MANIFEST_SCHEMA,
     MANIFEST_SIG_FILE, SBOM_FILE,
 };
 use std::path::{Path, PathBuf};
@@ -24,6 +24,7 @@ pub struct Signed {
 
 pub struct ManifestInput<'a> {
     pub rootfs: &'a Rootfs,
+    pub bundle: &'a Bundle,
     pub disk: &'a Disk,
     pub formats: &'a Formats,
     pub stages: Vec<StageKey>,
@@ -42,7 +43,7 @@ pub fn run(ctx: &Context, input: &ManifestInput) -> Result<(Signed, Outcome, Opt
         .add("pubkey", &pubkey)
         .finish();
     let (dir, cached) = ctx.cache.get_or_build("manifest", &key, |tmp| {
-        let sbom = sbom_json(ctx, &input.rootfs.packages)?;
+        let sbom = sbom_json(ctx, &input.rootfs.packages, &input.bundle.index)?;
         std::fs::write(tmp.join(SBOM_FILE), &sbom)?;
         let block_map = crate::blockmap::block_map(&input.disk.raw)?;
         let bmap = ctx.spec.formats.contains(&OutputFormat::Raw).then(|| tmp.join(bmap_name(ctx)));
@@ -133,6 +134,7 @@ fn build_manifest(ctx: &Context, input: &ManifestInput, sbom: &Path, bmap: Optio
         partitions,
         packages: input.rootfs.packages.clone(),
         tools: ctx.tools.clone(),
+        bundle: input.bundle.index.clone(),
         stages: input.stages.clone(),
     })
 }
@@ -159,8 +161,9 @@ fn spdx_id(prefix: &str, name: &str, i: usize) -> String {
     format!("SPDXRef-{prefix}-{i}-{clean}")
 }
 
-/// The SPDX 2.3 document: the image, and every Debian package it contains.
-pub fn sbom_json(ctx: &Context, packages: &[PackageInfo]) -> Result<Vec<u8>> {
+/// The SPDX 2.3 document: the image, every Debian package it contains, and
+/// every container image and artifact of its bundle.
+pub fn sbom_json(ctx: &Context, packages: &[PackageInfo], bundle: &BundleIndex) -> Result<Vec<u8>> {
     let spec = ctx.spec;
     let image_id = "SPDXRef-Image".to_owned();
     let mut spdx_packages = vec![serde_json::json!({
@@ -201,6 +204,47 @@ pub fn sbom_json(ctx: &Context, packages: &[PackageInfo]) -> Result<Vec<u8>> {
             "spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": id,
         }));
     }
+    for (i, image) in bundle.images.iter().enumerate() {
+        let id = spdx_id("oci", &image.reference, i);
+        let (name, hex) = (image.reference.as_str(), image.digest.trim_start_matches("sha256:"));
+        spdx_packages.push(serde_json::json!({
+            "SPDXID": id,
+            "name": name,
+            "versionInfo": image.digest,
+            "downloadLocation": "NOASSERTION",
+            "filesAnalyzed": false,
+            "primaryPackagePurpose": "CONTAINER",
+            "checksums": [{"algorithm": "SHA256", "checksumValue": hex}],
+            "licenseConcluded": "NOASSERTION",
+            "licenseDeclared": "NOASSERTION",
+            "copyrightText": "NOASSERTION",
+            "externalRefs": [{
+                "referenceCategory": "PACKAGE-MANAGER",
+                "referenceType": "purl",
+                "referenceLocator": oci_purl(name, &image.digest),
+            }],
+        }));
+        relationships.push(serde_json::json!({
+            "spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": id,
+        }));
+    }
+    for (i, a) in bundle.artifacts.iter().enumerate() {
+        let id = spdx_id("file", &a.dest, i);
+        spdx_packages.push(serde_json::json!({
+            "SPDXID": id,
+            "name": a.dest,
+            "downloadLocation": "NOASSERTION",
+            "filesAnalyzed": false,
+            "primaryPackagePurpose": "FILE",
+            "checksums": [{"algorithm": "SHA256", "checksumValue": a.sha256}],
+            "licenseConcluded": "NOASSERTION",
+            "licenseDeclared": "NOASSERTION",
+            "copyrightText": "NOASSERTION",
+        }));
+        relationships.push(serde_json::json!({
+            "spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": id,
+        }));
+    }
     let doc = serde_json::json!({
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
@@ -215,6 +259,17 @@ pub fn sbom_json(ctx: &Context, packages: &[PackageInfo]) -> Result<Vec<u8>> {
         "relationships": relationships,
     });
     Ok(serde_json::to_vec_pretty(&doc)?)
+}
+
+/// `pkg:oci/<name>@<digest>?repository_url=<registry>/<path>` (purl spec, OCI type).
+fn oci_purl(reference: &str, digest: &str) -> String {
+    let name_and_repo = reference.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')).map_or(reference, |(n, _)| n);
+    let name = name_and_repo.rsplit('/').next().unwrap_or(name_and_repo);
+    let mut purl = format!("pkg:oci/{name}@{}?repository_url={}", digest.replace(':', "%3A"), name_and_repo);
+    if let Some((_, tag)) = reference.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')) {
+        purl.push_str(&format!("&tag={tag}"));
+    }
+    purl
 }
 
 fn purl_escape(v: &str) -> String {
@@ -236,5 +291,11 @@ mod tests {
     fn spdx_ids_are_valid() {
         assert_eq!(spdx_id("deb", "libstdc++6", 3), "SPDXRef-deb-3-libstdc--6");
         assert_eq!(purl_escape("1:2.3+dfsg"), "1%3A2.3%2Bdfsg");
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            oci_purl("registry.k8s.io/pause:3.10", &d),
+            format!("pkg:oci/pause@sha256%3A{}?repository_url=registry.k8s.io/pause&tag=3.10", "a".repeat(64))
+        );
+        assert_eq!(oci_purl("127.0.0.1:5000/x/y", &d), format!("pkg:oci/y@sha256%3A{}?repository_url=127.0.0.1:5000/x/y", "a".repeat(64)));
     }
 }

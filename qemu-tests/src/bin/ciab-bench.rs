@@ -12,8 +12,14 @@
 //!   vs `bmaptool copy`, caches dropped before each run, median of 3; and
 //!   the installer ISO's boot-to-installed time under TCG.
 //!
-//! Run: `cargo run --release -p ciab-qemu-tests --bin ciab-bench [build|flash]`
-//! (as root; both when no argument is given).
+//! - `registry`: fetching a ≥1 GiB image (incompressible layers) from a local
+//!   `docker-registry` into an empty blob cache and writing the bundle's
+//!   Distribution tree, vs `skopeo copy --all` of the same image to an OCI
+//!   layout; then the same fetch with a warm cache (and how many requests
+//!   reached the registry). Page cache dropped before each run, median of 3.
+//!
+//! Run: `cargo run --release -p ciab-qemu-tests --bin ciab-bench [build|flash|registry]`
+//! (as root; all when no argument is given).
 
 use anyhow::{Context, Result};
 use ciab_builder::exec::Cmd;
@@ -30,6 +36,9 @@ fn main() -> Result<()> {
     }
     if what.is_empty() || what == "flash" {
         flash_bench()?;
+    }
+    if what.is_empty() || what == "registry" {
+        registry_bench()?;
     }
     Ok(())
 }
@@ -237,4 +246,66 @@ fn installer_time(work: &Path) -> Result<Duration> {
     let vm = Vm::start(&m)?;
     vm.wait_for_line(ciab_firstboot::contract::INSTALLED_LINE, Duration::from_secs(600))?;
     Ok(t.elapsed())
+}
+
+fn registry_bench() -> Result<()> {
+    use ciab_builder::fetch::{FetchOptions, Fetcher};
+    use ciab_builder::spec::{ImageSource, ImageSpec, Origin};
+    use ciab_qemu_tests::oci_fixtures::{random_layout, LocalRegistry};
+    let work = images::work_dir().join("bench-registry");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let total: u64 = 1 << 30;
+    let layout = random_layout(&work.join("layout"), "1", total, 8, 42)?;
+    let origin = LocalRegistry::start_writable(&work.join("origin"))?;
+    origin.push(&layout, "bench/random", "1")?;
+    std::fs::remove_dir_all(&layout.dir)?;
+    let host = origin.host();
+    let spec = ImageSpec {
+        reference: "registry.k8s.io/bench/random:1".into(),
+        digest: Some(layout.digest.clone()),
+        platforms: vec!["linux/amd64".into()],
+        source: ImageSource::Registry { reference: format!("{host}/bench/random:1") },
+        origin: Origin::default(),
+    };
+    let opts = FetchOptions { insecure_registries: vec![host.clone()], jobs: 4 };
+    let cache = work.join("cache");
+    let tree = work.join("bundle");
+    let skopeo_dir = work.join("skopeo");
+    let clear = || -> Result<()> {
+        for d in [&cache, &tree, &skopeo_dir] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        Ok(())
+    };
+    let ours = median3(clear, || {
+        let f = Fetcher::new(&cache, &opts)?;
+        let fetched = f.images(std::slice::from_ref(&spec))?;
+        let contents: Vec<_> = fetched.iter().map(|i| i.content.clone()).collect();
+        ciab_builder::oci::distribution::write(&tree, &contents, |d| f.store().path(d))?;
+        Ok(())
+    })?;
+    let skopeo = median3(clear, || {
+        Cmd::new("skopeo")
+            .args(["--insecure-policy", "copy", "-q", "--all", "--src-tls-verify=false"])
+            .arg(format!("docker://{host}/bench/random:1"))
+            .arg(format!("oci:{}:1", skopeo_dir.display()))
+            .run()
+            .map(|_| ())
+    })?;
+    // Warm: the blob cache holds everything; nothing should reach the registry.
+    let f = Fetcher::new(&cache, &opts)?;
+    f.images(std::slice::from_ref(&spec))?;
+    let gets_before = origin.log().matches("\"GET /v2/").count();
+    let t = Instant::now();
+    f.images(std::slice::from_ref(&spec))?;
+    let warm = t.elapsed();
+    let gets = origin.log().matches("\"GET /v2/").count() - gets_before;
+    let mib = total as f64 / 1048576.0;
+    println!("ciab-bench registry: one image, 8 incompressible layers, {mib:.0} MiB, from a local docker-registry over HTTP; median of 3, page cache dropped before each");
+    println!("  cold fetch + bundle tree  {:>6.2} s  {:>6.0} MiB/s", ours.as_secs_f64(), mib / ours.as_secs_f64());
+    println!("  skopeo copy --all (OCI)   {:>6.2} s  {:>6.0} MiB/s", skopeo.as_secs_f64(), mib / skopeo.as_secs_f64());
+    println!("  ratio skopeo/ours          {:>6.2}x", skopeo.as_secs_f64() / ours.as_secs_f64());
+    println!("  warm fetch                {:>6.3} s, {gets} GET requests reached the registry", warm.as_secs_f64());
+    Ok(())
 }
