@@ -690,6 +690,15 @@ fn resolve(path: &Path, m: Merged, files: Vec<PathBuf>) -> Result<Spec> {
     formats.sort();
     formats.dedup();
     check_unique(path, &m.images, &m.artifacts)?;
+    if !m.images.is_empty() && !(packages.contains("docker-registry") && m.overlays.iter().any(|o| o.ends_with("registry"))) {
+        return Err(SpecError {
+            file: path.to_owned(),
+            position: None,
+            key: Some("registry.images".into()),
+            message: "the box serves these images with Debian's docker-registry: add \"docker-registry\" and \"containerd\" to packages.install and \"registry\" to overlays.layers (as images/eval.toml does)".into(),
+        }
+        .into());
+    }
     Ok(Spec {
         name: m.name.ok_or_else(|| missing("image.name"))?,
         version: m.version.ok_or_else(|| missing("image.version"))?,
@@ -775,6 +784,7 @@ mod tests {
         fs::create_dir_all(dir.path().join("images")).unwrap();
         fs::create_dir_all(dir.path().join("overlays/base")).unwrap();
         fs::create_dir_all(dir.path().join("overlays/extra")).unwrap();
+        fs::create_dir_all(dir.path().join("overlays/registry")).unwrap();
         dir
     }
 
@@ -960,6 +970,11 @@ root_mib = 4096
             "top.toml",
             &format!(
                 r#"include = ["base.toml"]
+[packages]
+install = ["docker-registry"]
+[overlays]
+layers = ["registry"]
+
 [[registry.images]]
 ref = "registry.k8s.io/pause:3.10"
 digest = "{d}"
@@ -1031,6 +1046,8 @@ dest = "./kaas//k3s"
         assert!(e.contains("bundle path a/b (or a parent of it) is listed twice"), "{e}");
         let e = case("[[registry.images]]\nref = \"busybox\"\n[[registry.images]]\nref = \"docker.io/library/busybox:latest\"");
         assert!(e.contains("image docker.io/library/busybox:latest is listed twice"), "{e}");
+        let e = case("[[registry.images]]\nref = \"busybox\"");
+        assert!(e.contains("key `registry.images`") && e.contains("add \"docker-registry\""), "{e}");
     }
 
     #[test]

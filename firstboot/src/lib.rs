@@ -15,6 +15,7 @@ pub mod exec;
 pub mod flash;
 pub mod installer;
 pub mod plan;
+pub mod registry;
 pub mod secrets;
 pub mod site;
 pub mod site_source;

@@ -72,6 +72,7 @@ pub fn all() -> Vec<Box<dyn Step<Ctx>>> {
         Box::new(StorageStep),
         Box::new(NetworkStep),
         Box::new(SystemStep),
+        Box::new(RegistryStep),
         Box::new(ReadyStep),
     ]
 }
@@ -411,6 +412,47 @@ impl Step<Ctx> for SystemStep {
     }
 }
 
+/// The offline registry serves the bundle: started by its unit once the
+/// bundle is mounted; this step waits for it and checks every image the
+/// bundle lists, so `ready` means the images are pullable.
+struct RegistryStep;
+
+/// How long `docker-registry` may take to answer (a Go binary under TCG
+/// starts in seconds; the bundle mount may wait for a slow udev).
+const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
+impl Step<Ctx> for RegistryStep {
+    fn name(&self) -> &'static str {
+        "registry"
+    }
+    fn title(&self) -> &'static str {
+        "serve the offline registry"
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(match crate::registry::bundle_index(&ctx.root)? {
+            Some(index) if !index.images.is_empty() => crate::registry::probe(crate::registry::ADDR, &index).is_ok(),
+            _ => true,
+        })
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let index = crate::registry::bundle_index(&ctx.root)?.context("the bundle index disappeared")?;
+        crate::exec::Cmd::new("systemctl").package("systemd").args(["start", crate::registry::UNIT]).run()?;
+        let deadline = std::time::Instant::now() + REGISTRY_TIMEOUT;
+        loop {
+            match crate::registry::probe(crate::registry::ADDR, &index) {
+                Ok(()) => break,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    let log = crate::exec::Cmd::new("journalctl").args(["-u", crate::registry::UNIT, "-n", "5", "--no-pager", "-o", "cat"]).run().unwrap_or_default();
+                    bail!("the offline registry does not serve the bundle after {} s: {e:#}\n{}", REGISTRY_TIMEOUT.as_secs(), log.trim_end());
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(250)),
+            }
+        }
+        println!("ciab-firstboot: registry: {} image(s) served on http://{}", index.images.len(), crate::registry::ADDR);
+        Ok(())
+    }
+}
+
 struct ReadyStep;
 
 impl Step<Ctx> for ReadyStep {
@@ -421,7 +463,7 @@ impl Step<Ctx> for ReadyStep {
         "finish"
     }
     fn depends_on(&self) -> &'static [&'static str] {
-        &["secrets", "storage", "network", "system"]
+        &["secrets", "storage", "network", "system", "registry"]
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         Ok(ctx.state_dir.join(DONE_STAMP).exists())
@@ -466,7 +508,7 @@ mod tests {
                 assert!(at < i, "{} depends on {d}, which is not earlier", s.name());
             }
         }
-        assert_eq!(names, ["discover", "site-config", "plan", "secrets", "storage", "network", "system", "ready"]);
+        assert_eq!(names, ["discover", "site-config", "plan", "secrets", "storage", "network", "system", "registry", "ready"]);
     }
 
     #[test]

@@ -266,8 +266,8 @@ fn artifacts_are_checked_and_resumed() {
 fn a_build_refuses_unpinned_entries() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = tmp.path().join("unpinned.toml");
-    let tiny = ciab_qemu_tests::images::repo_root().join("images/tiny.toml");
-    std::fs::write(&spec, format!("include = [{:?}]\n[[registry.images]]\nref = \"registry.k8s.io/pause:3.10\"\n", tiny.display().to_string())).unwrap();
+    let eval = ciab_qemu_tests::images::repo_root().join("images/eval.toml");
+    std::fs::write(&spec, format!("include = [{:?}]\n[[registry.images]]\nref = \"registry.k8s.io/pause:3.10\"\n", eval.display().to_string())).unwrap();
     let opts = ciab_qemu_tests::images::options(&spec, &tmp.path().join("out"), &tmp.path().join("cache")).unwrap();
     let err = format!("{:#}", ciab_builder::build::build(&opts).unwrap_err());
     assert!(err.contains("image registry.k8s.io/pause:3.10") && err.contains("Run `ciab lock"), "{err}");
@@ -291,11 +291,15 @@ until curl -fsS -o /dev/null http://127.0.0.1:5000/v2/; do
 done
 say "registry-ready uptime=$(cut -d' ' -f1 /proc/uptime)"
 say "api-manifest sha256:$(curl -fsS -H "Accept: $ACCEPT" http://127.0.0.1:5000/v2/@MULTI_REPO@/manifests/@MULTI_DIGEST@ | sha256sum | cut -d' ' -f1)"
-if ctr --timeout 300s image pull --hosts-dir /etc/containerd/certs.d @BUSYBOX_REF@ >/run/ctr-pull.log 2>&1; then
-    say "ctr-pull ok $(ctr image ls -q | grep -c .) image(s)"
-else
-    say "FAIL ctr-pull: $(tail -n 3 /run/ctr-pull.log | tr '\n' ' ')"
-fi
+# Plain `ctr image pull`, as an operator types it: the registry overlay's
+# ctr wrapper adds the mirrors' hosts dir.
+for ref in @BUSYBOX_REF@ @MULTI_REPO@@@MULTI_DIGEST@; do
+    if ctr --timeout 300s image pull "$ref" >/run/ctr-pull.log 2>&1; then
+        say "ctr-pull ok $ref"
+    else
+        say "FAIL ctr-pull $ref: $(tail -n 3 /run/ctr-pull.log | tr '\n' ' ')"
+    fi
+done
 say "ctr-run $(ctr run --rm @BUSYBOX_REF@ check /bin/busybox echo hello-from-the-bundle 2>&1 | tr '\n' ' ')"
 until systemctl is-active -q multi-user.target; do sleep 0.5; done
 say "multi-user-us $(systemctl show -p ActiveEnterTimestampMonotonic --value multi-user.target) registry-active-us $(systemctl show -p ActiveEnterTimestampMonotonic --value docker-registry.service)"
@@ -353,8 +357,9 @@ fn the_box_serves_its_bundle_with_no_network() {
         &spec,
         format!(
             r#"include = [{tiny:?}]
+# Named `tiny`: first boot sizes the box by the image name, and this VM is tiny.
 [image]
-name = "registry-box"
+name = "tiny"
 [packages]
 install = ["docker-registry", "containerd", "curl"]
 [overlays]
@@ -381,7 +386,7 @@ source = "{}/ciab-test/multi:2.0"
         ),
     )
     .unwrap();
-    let mut opts = images::options(&spec, &images::work_dir().join("out"), &ciab_builder::cache::default_root()).unwrap();
+    let mut opts = images::options(&spec, &work.join("out"), &ciab_builder::cache::default_root()).unwrap();
     opts.fetch.insecure_registries = vec![origin.host()];
     let out = images::build_with(&opts).expect("building the registry box");
     drop(origin);
@@ -410,8 +415,22 @@ source = "{}/ciab-test/multi:2.0"
     let find = |what: &str| lines.iter().find(|l| l.contains(what)).cloned().unwrap_or_else(|| panic!("no {what} line in:\n{}", lines.join("\n")));
     assert!(!lines.iter().any(|l| l.contains("FAIL")), "{}", lines.join("\n"));
     assert!(find("api-manifest").contains(&multi.digest), "{}", lines.join("\n"));
-    assert!(find("ctr-pull ok").contains("ok"));
+    assert!(find("ctr-pull ok registry.k8s.io/ciab-test/busybox:1.0").contains("ok"));
+    assert!(find(&format!("ctr-pull ok ghcr.io/ciab-test/multi@{}", multi.digest)).contains("ok"));
     assert!(find("ctr-run").contains("hello-from-the-bundle"), "{}", lines.join("\n"));
+    // First boot's `registry` step checks every image of bundle.json before `ready`.
+    // (It may have come before the check's last line, which the wait passed.)
+    let ready_line = match vm.serial_lines().into_iter().find(|l| l.contains(ciab_firstboot::contract::READY_LINE)) {
+        Some(line) => Ok(line),
+        None => vm.wait_for_line(ciab_firstboot::contract::READY_LINE, std::time::Duration::from_secs(600)),
+    };
+    let fb: Vec<String> = vm.serial_lines().into_iter().filter(|l| l.contains("] registry") || l.contains("ciab-firstboot: registry")).collect();
+    assert!(ready_line.is_ok(), "first boot did not finish: {fb:?}\n{:#}", ready_line.unwrap_err());
+    // Either the step found both images served (`already done`) or it waited for them.
+    assert!(
+        fb.iter().any(|l| l.contains("] registry") && l.contains("done")) || fb.iter().any(|l| l.contains("2 image(s) served on http://127.0.0.1:5000")),
+        "{fb:?}"
+    );
     let ready: f64 = field(&find("registry-ready"), "uptime").and_then(|v| v.parse().ok()).expect("uptime");
     let times = find("multi-user-us");
     let us = |k: &str| field(&times, k).and_then(|v| v.parse::<f64>().ok()).map(|v| v / 1e6).expect("timestamp");
@@ -421,4 +440,55 @@ source = "{}/ciab-test/multi:2.0"
         us("multi-user-us"),
         ready - us("multi-user-us")
     );
+}
+
+#[test]
+fn ciab_lock_pins_images_and_artifacts_in_the_spec_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let busybox = fx::busybox_layout(&tmp.path().join("busybox"), "1.0").unwrap();
+    let origin = LocalRegistry::start_writable(&tmp.path().join("origin")).unwrap();
+    origin.push(&busybox, "ciab-test/busybox", "1.0").unwrap();
+    std::fs::write(tmp.path().join("k3s"), b"not really k3s\n").unwrap();
+    let eval = ciab_qemu_tests::images::repo_root().join("images/eval.toml");
+    let spec = tmp.path().join("locked.toml");
+    let text = format!(
+        "include = [{:?}]\n\n# the test image\n[[registry.images]]\nref = \"registry.k8s.io/ciab-test/busybox:1.0\"  # keep me\nsource = \"{}/ciab-test/busybox:1.0\"\n\n[[artifacts]]\nurl = \"k3s\"\ndest = \"kaas/k3s\"\n",
+        eval.display().to_string(),
+        origin.host()
+    );
+    std::fs::write(&spec, &text).unwrap();
+    let ciab = ciab_qemu_tests::images::ciab_bin().unwrap();
+    let lock = || {
+        ciab_builder::exec::Cmd::new(&ciab)
+            .arg("lock")
+            .arg(&spec)
+            .args(["--insecure-registry", &origin.host(), "--cache-dir"])
+            .arg(tmp.path().join("cache"))
+            .run()
+            .expect("ciab lock")
+    };
+    let out = lock();
+    assert!(out.contains(&format!("registry.k8s.io/ciab-test/busybox:1.0 digest = {}", busybox.digest)), "{out}");
+    let locked = std::fs::read_to_string(&spec).unwrap();
+    assert!(locked.contains("# the test image") && locked.contains("# keep me"), "{locked}");
+    let resolved = ciab_builder::spec::Spec::load(&spec).unwrap();
+    assert_eq!(resolved.images[0].digest.as_deref(), Some(busybox.digest.as_str()));
+    assert_eq!(resolved.artifacts[0].sha256.as_deref(), Some(Digest::of(b"not really k3s\n").hex()));
+    ciab_builder::fetch::check_pinned(&resolved.images, &resolved.artifacts).expect("pinned");
+    // Nothing left to pin: the file is not rewritten.
+    assert!(lock().contains("already pinned"));
+    assert_eq!(std::fs::read_to_string(&spec).unwrap(), locked);
+
+    // A ref that does not exist at its source fails and leaves the file alone.
+    std::fs::write(&spec, text.replace("ciab-test/busybox:1.0\"\n\n", "ciab-test/nope:1.0\"\n\n")).unwrap();
+    let before = std::fs::read_to_string(&spec).unwrap();
+    let err = ciab_builder::exec::Cmd::new(&ciab)
+        .arg("lock")
+        .arg(&spec)
+        .args(["--insecure-registry", &origin.host(), "--cache-dir"])
+        .arg(tmp.path().join("cache"))
+        .run()
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("ciab-test/nope:1.0"), "{err:#}");
+    assert_eq!(std::fs::read_to_string(&spec).unwrap(), before);
 }

@@ -1,0 +1,134 @@
+//! The offline registry on the box: is Debian's `docker-registry` serving
+//! every image the bundle's index lists, by digest, on its loopback address?
+//! (Configured by `overlays/registry`; the store is the read-only bundle.)
+
+use crate::contract::{BundleIndex, BUNDLE_INDEX_FILE, BUNDLE_MOUNTPOINT};
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// Where the registry listens (overlays/registry/etc/docker/registry/config.yml).
+pub const ADDR: &str = "127.0.0.1:5000";
+pub const UNIT: &str = "docker-registry.service";
+
+const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+                      application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// The bundle's index under `root`, or `None` for an image without a bundle.
+pub fn bundle_index(root: &Path) -> Result<Option<BundleIndex>> {
+    let path = root.join(BUNDLE_MOUNTPOINT.trim_start_matches('/')).join(BUNDLE_INDEX_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The registry path of a bundle reference: `registry/repository` without the tag.
+pub fn repository(reference: &str) -> &str {
+    match reference.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => name,
+        _ => reference,
+    }
+}
+
+/// Checks that the registry at `addr` answers and serves each image's
+/// manifest under its pinned digest.
+pub fn probe(addr: &str, index: &BundleIndex) -> Result<()> {
+    let (status, _) = request(addr, "GET", "/v2/")?;
+    if status != 200 {
+        bail!("GET http://{addr}/v2/ answered HTTP {status}");
+    }
+    for image in &index.images {
+        let path = format!("/v2/{}/manifests/{}", repository(&image.reference), image.digest);
+        let (status, digest) = request(addr, "HEAD", &path)?;
+        if status != 200 {
+            bail!("{} is not served: HEAD {path} answered HTTP {status}", image.reference);
+        }
+        if digest.as_deref() != Some(image.digest.as_str()) {
+            bail!("{} is served with digest {digest:?}, the bundle pins {}", image.reference, image.digest);
+        }
+    }
+    Ok(())
+}
+
+/// One HTTP/1.0 request; returns the status and the Docker-Content-Digest header.
+fn request(addr: &str, method: &str, path: &str) -> Result<(u16, Option<String>)> {
+    let what = || format!("{method} http://{addr}{path}");
+    let sock = addr.parse().with_context(what)?;
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).with_context(what)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {ACCEPT}\r\n\r\n").with_context(what)?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+        if s.read(&mut byte).with_context(what)? == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).with_context(|| format!("{}: no HTTP status in the answer", what()))?;
+    let digest = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("docker-content-digest").then(|| v.trim().to_owned())
+    });
+    Ok((status, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::BundleImage;
+    use std::net::TcpListener;
+
+    /// Answers each connection with the next canned response head.
+    fn serve(answers: Vec<&'static str>) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for a in answers {
+                let (mut c, _) = l.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(a.as_bytes());
+            }
+        });
+        addr
+    }
+
+    fn index(digest: &str) -> BundleIndex {
+        BundleIndex { schema: 1, images: vec![BundleImage { reference: "registry.k8s.io/pause:3.10".into(), digest: digest.into() }], artifacts: vec![] }
+    }
+
+    #[test]
+    fn probe_checks_every_image_digest() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let ok: &'static str = Box::leak(format!("HTTP/1.1 200 OK\r\nDocker-Content-Digest: {d}\r\n\r\n").into_boxed_str());
+        let addr = serve(vec!["HTTP/1.1 200 OK\r\n\r\n{}", ok]);
+        probe(&addr, &index(&d)).unwrap();
+
+        let other: &'static str = Box::leak(format!("HTTP/1.1 200 OK\r\ndocker-content-digest: sha256:{}\r\n\r\n", "b".repeat(64)).into_boxed_str());
+        let addr = serve(vec!["HTTP/1.1 200 OK\r\n\r\n", other]);
+        let err = probe(&addr, &index(&d)).unwrap_err().to_string();
+        assert!(err.contains("registry.k8s.io/pause:3.10 is served with digest"), "{err}");
+
+        let addr = serve(vec!["HTTP/1.1 200 OK\r\n\r\n", "HTTP/1.1 404 Not Found\r\n\r\n"]);
+        let err = probe(&addr, &index(&d)).unwrap_err().to_string();
+        assert!(err.contains(&format!("HEAD /v2/registry.k8s.io/pause/manifests/{d} answered HTTP 404")), "{err}");
+    }
+
+    #[test]
+    fn repositories_drop_the_tag_only() {
+        assert_eq!(repository("registry.k8s.io/pause:3.10"), "registry.k8s.io/pause");
+        assert_eq!(repository("127.0.0.1:5000/x/y"), "127.0.0.1:5000/x/y");
+    }
+
+    #[test]
+    fn no_bundle_means_nothing_to_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(bundle_index(dir.path()).unwrap(), None);
+    }
+}
