@@ -60,7 +60,7 @@ fn request(addr: &str, method: &str, path: &str) -> Result<(u16, Option<String>)
     let sock = addr.parse().with_context(what)?;
     let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).with_context(what)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {ACCEPT}\r\n\r\n").with_context(what)?;
+    s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {ACCEPT}\r\n\r\n").as_bytes()).with_context(what)?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
@@ -91,8 +91,14 @@ mod tests {
         std::thread::spawn(move || {
             for a in answers {
                 let (mut c, _) = l.accept().unwrap();
+                let mut request = Vec::new();
                 let mut buf = [0u8; 4096];
-                let _ = c.read(&mut buf);
+                while !request.ends_with(b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
                 let _ = c.write_all(a.as_bytes());
             }
         });

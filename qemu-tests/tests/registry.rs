@@ -398,6 +398,11 @@ source = "{}/ciab-test/multi:2.0"
         vec![("registry.k8s.io/ciab-test/busybox:1.0".into(), busybox.digest.clone()), ("ghcr.io/ciab-test/multi:2.0".into(), multi.digest.clone())]
     );
 
+    let sbom: serde_json::Value = serde_json::from_slice(&std::fs::read(out.out_dir.join("sbom.spdx.json")).unwrap()).unwrap();
+    let pkg = sbom["packages"].as_array().unwrap().iter().find(|p| p["name"] == "registry.k8s.io/ciab-test/busybox:1.0").expect("the image in the SBOM");
+    assert_eq!(pkg["primaryPackagePurpose"], "CONTAINER");
+    assert_eq!(pkg["checksums"][0]["checksumValue"].as_str(), Some(busybox.digest.trim_start_matches("sha256:")));
+
     let image = ciab_builder::run::resolve_image(&out.out_dir, true).expect("verified image");
     let disk = images::disk_with_image(&image, &work.join("vm"), "8G").unwrap();
     let mut m = Machine::new(&disk);

@@ -166,83 +166,50 @@ fn spdx_id(prefix: &str, name: &str, i: usize) -> String {
 pub fn sbom_json(ctx: &Context, packages: &[PackageInfo], bundle: &BundleIndex) -> Result<Vec<u8>> {
     let spec = ctx.spec;
     let image_id = "SPDXRef-Image".to_owned();
-    let mut spdx_packages = vec![serde_json::json!({
-        "SPDXID": image_id,
-        "name": format!("ciab-{}", spec.name),
-        "versionInfo": spec.version,
-        "downloadLocation": "NOASSERTION",
-        "filesAnalyzed": false,
-        "primaryPackagePurpose": "OPERATING-SYSTEM",
-        "licenseConcluded": "NOASSERTION",
-        "licenseDeclared": "NOASSERTION",
-        "copyrightText": "NOASSERTION",
-    })];
+    let mut spdx_packages = vec![spdx_package(
+        &image_id,
+        &format!("ciab-{}", spec.name),
+        serde_json::json!({"versionInfo": spec.version, "primaryPackagePurpose": "OPERATING-SYSTEM"}),
+    )];
     let mut relationships = vec![serde_json::json!({
         "spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": image_id,
     })];
+    let purl = |locator: String| serde_json::json!([{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": locator}]);
     let distro = format!("debian-{}", spec.debian.suite);
     for (i, p) in packages.iter().enumerate() {
-        let id = spdx_id("deb", &p.name, i);
-        spdx_packages.push(serde_json::json!({
-            "SPDXID": id,
-            "name": p.name,
-            "versionInfo": p.version,
-            "supplier": "Organization: Debian",
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "sourceInfo": format!("built from Debian source package {} {}", p.source, p.source_version),
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-            "externalRefs": [{
-                "referenceCategory": "PACKAGE-MANAGER",
-                "referenceType": "purl",
-                "referenceLocator": format!("pkg:deb/debian/{}@{}?arch={}&distro={distro}", p.name, purl_escape(&p.version), p.architecture),
-            }],
-        }));
-        relationships.push(serde_json::json!({
-            "spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": id,
-        }));
+        spdx_packages.push(spdx_package(
+            &spdx_id("deb", &p.name, i),
+            &p.name,
+            serde_json::json!({
+                "versionInfo": p.version,
+                "supplier": "Organization: Debian",
+                "sourceInfo": format!("built from Debian source package {} {}", p.source, p.source_version),
+                "externalRefs": purl(format!("pkg:deb/debian/{}@{}?arch={}&distro={distro}", p.name, purl_escape(&p.version), p.architecture)),
+            }),
+        ));
     }
     for (i, image) in bundle.images.iter().enumerate() {
-        let id = spdx_id("oci", &image.reference, i);
-        let (name, hex) = (image.reference.as_str(), image.digest.trim_start_matches("sha256:"));
-        spdx_packages.push(serde_json::json!({
-            "SPDXID": id,
-            "name": name,
-            "versionInfo": image.digest,
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "primaryPackagePurpose": "CONTAINER",
-            "checksums": [{"algorithm": "SHA256", "checksumValue": hex}],
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-            "externalRefs": [{
-                "referenceCategory": "PACKAGE-MANAGER",
-                "referenceType": "purl",
-                "referenceLocator": oci_purl(name, &image.digest),
-            }],
-        }));
-        relationships.push(serde_json::json!({
-            "spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": id,
-        }));
+        spdx_packages.push(spdx_package(
+            &spdx_id("oci", &image.reference, i),
+            &image.reference,
+            serde_json::json!({
+                "versionInfo": image.digest,
+                "primaryPackagePurpose": "CONTAINER",
+                "checksums": [{"algorithm": "SHA256", "checksumValue": image.digest.trim_start_matches("sha256:")}],
+                "externalRefs": purl(oci_purl(&image.reference, &image.digest)),
+            }),
+        ));
     }
     for (i, a) in bundle.artifacts.iter().enumerate() {
-        let id = spdx_id("file", &a.dest, i);
-        spdx_packages.push(serde_json::json!({
-            "SPDXID": id,
-            "name": a.dest,
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "primaryPackagePurpose": "FILE",
-            "checksums": [{"algorithm": "SHA256", "checksumValue": a.sha256}],
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-        }));
+        spdx_packages.push(spdx_package(
+            &spdx_id("file", &a.dest, i),
+            &a.dest,
+            serde_json::json!({"primaryPackagePurpose": "FILE", "checksums": [{"algorithm": "SHA256", "checksumValue": a.sha256}]}),
+        ));
+    }
+    for p in &spdx_packages[1..] {
         relationships.push(serde_json::json!({
-            "spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": id,
+            "spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": p["SPDXID"],
         }));
     }
     let doc = serde_json::json!({
@@ -259,6 +226,24 @@ pub fn sbom_json(ctx: &Context, packages: &[PackageInfo], bundle: &BundleIndex) 
         "relationships": relationships,
     });
     Ok(serde_json::to_vec_pretty(&doc)?)
+}
+
+/// An SPDX package with what ciab cannot assert (licenses, copyright,
+/// download location) said so, plus `fields`.
+fn spdx_package(id: &str, name: &str, fields: serde_json::Value) -> serde_json::Value {
+    let mut p = serde_json::json!({
+        "SPDXID": id,
+        "name": name,
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": false,
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": "NOASSERTION",
+        "copyrightText": "NOASSERTION",
+    });
+    if let (Some(obj), serde_json::Value::Object(extra)) = (p.as_object_mut(), fields) {
+        obj.extend(extra);
+    }
+    p
 }
 
 /// `pkg:oci/<name>@<digest>?repository_url=<registry>/<path>` (purl spec, OCI type).
