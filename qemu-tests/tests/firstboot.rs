@@ -14,6 +14,12 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A 40 GB disk holding the tiny image: a qcow2 overlay over the built raw,
 /// so the build output stays pristine while the guest writes for real.
+
+/// How the engine numbers step `n` on the console: `[5/9] storage`.
+fn numbered(n: usize, name: &str) -> String {
+    format!("[{n}/{}] {name}", ciab_firstboot::steps::all().len())
+}
+
 fn disk_with_image(dir: &Path) -> PathBuf {
     let out = images::tiny().unwrap();
     let raw = ciab_builder::run::resolve_image(&out, true).unwrap();
@@ -77,7 +83,7 @@ fn first_boot_claims_the_disk_and_resumes_after_a_power_cut() {
     // Boot 1: cut the power while the storage step is at work.
     {
         let vm = Vm::start(&machine(&disk)).unwrap();
-        vm.wait_for_line("ciab: [5/8] storage", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e:#}"));
+        vm.wait_for_line(&numbered(5, "storage"), BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e:#}"));
         std::thread::sleep(Duration::from_millis(1500));
         vm.power_cut().unwrap();
         let lines = vm.serial_lines();
@@ -90,11 +96,11 @@ fn first_boot_claims_the_disk_and_resumes_after_a_power_cut() {
     with_nic.network = Network::User { forwards: Vec::new() };
     let boot2 = {
         let vm = Vm::start(&with_nic).unwrap();
-        vm.wait_for_line("ciab: [6/8] network", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e:#}"));
+        vm.wait_for_line(&numbered(6, "network"), BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e:#}"));
         vm.power_cut().unwrap();
         let lines = vm.serial_lines();
-        assert!(!lines.iter().any(|l| l.contains("[6/8] network") && (l.contains(" ok ") || l.contains("already done"))), "the cut came too late: {lines:#?}");
-        assert!(lines.iter().any(|l| l.contains("ciab: [5/8] storage") && l.contains(" ok ")), "storage resumes in boot 2: {lines:#?}");
+        assert!(!lines.iter().any(|l| l.contains(&numbered(6, "network")) && (l.contains(" ok ") || l.contains("already done"))), "the cut came too late: {lines:#?}");
+        assert!(lines.iter().any(|l| l.contains(&numbered(5, "storage")) && l.contains(" ok ")), "storage resumes in boot 2: {lines:#?}");
         lines
     };
 
@@ -112,17 +118,17 @@ fn first_boot_claims_the_disk_and_resumes_after_a_power_cut() {
     vm.power_cut().unwrap();
     drop(vm);
     assert!(!lines.iter().any(|l| l.contains("ciab-firstboot: discover: disk")), "discover must not run again: {lines:#?}");
-    assert!(lines.iter().any(|l| l.contains("ciab: [5/8] storage") && l.contains("done (earlier run)")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains(&numbered(5, "storage")) && l.contains("done (earlier run)")), "{lines:#?}");
     match cut_in.as_deref() {
         Some("network") => {
-            assert!(lines.iter().any(|l| l.contains("ciab: [6/8] network") && (l.contains(" ok ") || l.contains("already done"))), "{lines:#?}")
+            assert!(lines.iter().any(|l| l.contains(&numbered(6, "network")) && (l.contains(" ok ") || l.contains("already done"))), "{lines:#?}")
         }
         // Cut between two steps: nothing was running, every step ends done.
-        None => assert!(lines.iter().any(|l| l.contains("ciab: [6/8] network") && (l.contains(" ok ") || l.contains("done"))), "{lines:#?}"),
+        None => assert!(lines.iter().any(|l| l.contains(&numbered(6, "network")) && (l.contains(" ok ") || l.contains("done"))), "{lines:#?}"),
         Some(step) => {
             eprintln!("the second cut landed in step {step}, after network");
             assert!(lines.iter().any(|l| l.contains(&format!("step {step} was interrupted"))), "{lines:#?}");
-            assert!(lines.iter().any(|l| l.contains("ciab: [6/8] network") && l.contains("done (earlier run)")), "{lines:#?}");
+            assert!(lines.iter().any(|l| l.contains(&numbered(6, "network")) && l.contains("done (earlier run)")), "{lines:#?}");
         }
     }
 
@@ -196,7 +202,7 @@ fn bad_site_config_stops_first_boot_visibly() {
     // The console may split a long line; the message is whole in the stream.
     let serial: String = vm.serial_lines().concat();
     assert!(serial.contains(expected), "{expected:?} not on serial:\n{serial}");
-    assert!(!vm.serial_lines().iter().any(|l| l.contains("[3/8] plan")), "nothing after the failed step may run");
+    assert!(!vm.serial_lines().iter().any(|l| l.contains(&numbered(3, "plan"))), "nothing after the failed step may run");
 
     // The status page answers through the port forward once its service is up.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
