@@ -224,7 +224,6 @@ impl Fetcher {
             // A resumed attempt that fails again starts the next one afresh:
             // the kept bytes may be what the source cannot continue from.
             resume = w.offset() == 0;
-            on_bytes(w.offset());
             let result = match src.blob(desc, &mut w, on_bytes).await {
                 Ok(()) => w.commit(),
                 Err(e) => Err(e),

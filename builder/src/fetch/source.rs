@@ -95,6 +95,7 @@ impl Source<'_> {
 
     /// Streams blob `desc` into `w`, continuing at `w.offset()` when the
     /// source can (a registry answering the Range request with 206).
+    /// `on_bytes` hears of every byte that ends up in `w`, kept ones included.
     pub async fn blob(&self, desc: &Descriptor, w: &mut BlobWriter, on_bytes: &(dyn Fn(u64) + Sync)) -> Result<()> {
         match self {
             Source::Registry { registries, reference } => {
@@ -110,8 +111,12 @@ impl Source<'_> {
                     .pull_blob_stream_partial(&r, &layer, w.offset(), None)
                     .await
                     .map_err(|e| anyhow!("fetching blob {} of {reference}: {e}", desc.digest))?;
+                // Kept bytes count towards progress only once the source agreed to continue.
                 let mut stream = match response {
-                    BlobResponse::Partial(s) => s,
+                    BlobResponse::Partial(s) => {
+                        on_bytes(w.offset());
+                        s
+                    }
                     BlobResponse::Full(s) => {
                         if w.offset() > 0 {
                             w.restart()?;
@@ -130,6 +135,7 @@ impl Source<'_> {
                 let path = blobs_dir.join(desc.digest.hex());
                 let mut f = std::fs::File::open(&path).with_context(|| format!("{label}: blob {} is missing ({})", desc.digest, path.display()))?;
                 f.seek(std::io::SeekFrom::Start(w.offset()))?;
+                on_bytes(w.offset());
                 let mut buf = vec![0u8; 1 << 20];
                 loop {
                     let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
