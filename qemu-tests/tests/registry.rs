@@ -225,6 +225,7 @@ fn corrupt_or_missing_content_never_enters_the_cache() {
     let gone = ImageSpec { source: from_registry(&host, "ciab-test/busybox:1.0"), ..spec };
     let err = format!("{:#}", f4.images(&[gone]).unwrap_err());
     assert!(err.contains("docker.io/ciab-test/busybox:1.0") && err.contains(&host), "{err}");
+    assert!(err.contains("Connection refused"), "the cause is named: {err}");
 }
 
 #[test]

@@ -33,6 +33,22 @@ pub enum Source<'a> {
     Files { label: String, blobs_dir: PathBuf, top: Option<Digest> },
 }
 
+/// An error and its causes on one line: oci-client's messages alone hide
+/// why a request failed (DNS, refused connection, TLS).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 fn oci_ref(r: &ImageRef, digest: Option<&Digest>) -> oci_client::Reference {
     match (digest, &r.tag) {
         (Some(d), _) => oci_client::Reference::with_digest(r.registry.clone(), r.repository.clone(), d.to_string()),
@@ -62,7 +78,7 @@ impl Source<'_> {
                     .client
                     .fetch_manifest_digest(&r, &RegistryAuth::Anonymous)
                     .await
-                    .map_err(|e| anyhow!("resolving {reference}: {e}"))?;
+                    .map_err(|e| anyhow!("resolving {reference}: {}", chain(&e)))?;
                 Ok(Digest::parse(&d).with_context(|| format!("registry of {reference} answered digest {d:?}"))?)
             }
             Source::Files { label, top, .. } => top.clone().ok_or_else(|| anyhow!("{label}: no image found to resolve")),
@@ -78,7 +94,7 @@ impl Source<'_> {
                     .client
                     .pull_manifest_raw(&r, &RegistryAuth::Anonymous, ACCEPTED_MANIFESTS)
                     .await
-                    .map_err(|e| anyhow!("fetching manifest {d} of {reference}: {e}"))?;
+                    .map_err(|e| anyhow!("fetching manifest {d} of {reference}: {}", chain(&e)))?;
                 bytes.to_vec()
             }
             Source::Files { label, blobs_dir, .. } => {
@@ -110,7 +126,7 @@ impl Source<'_> {
                     .client
                     .pull_blob_stream_partial(&r, &layer, w.offset(), None)
                     .await
-                    .map_err(|e| anyhow!("fetching blob {} of {reference}: {e}", desc.digest))?;
+                    .map_err(|e| anyhow!("fetching blob {} of {reference}: {}", desc.digest, chain(&e)))?;
                 // Kept bytes count towards progress only once the source agreed to continue.
                 let mut stream = match response {
                     BlobResponse::Partial(s) => {
@@ -125,7 +141,7 @@ impl Source<'_> {
                     }
                 };
                 while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(|e| anyhow!("fetching blob {} of {reference}: {e}", desc.digest))?;
+                    let chunk = chunk.map_err(|e| anyhow!("fetching blob {} of {reference}: {}", desc.digest, chain(&e)))?;
                     w.write_all(&chunk).with_context(|| format!("writing blob {}", desc.digest))?;
                     on_bytes(chunk.len() as u64);
                 }
