@@ -16,10 +16,13 @@ fi
 # `ciab flash` is compared with (bmaptool from bmap-tools), and GNU cpio to
 # extract the installer's initramfs as the kernel would; a real Debian
 # docker-registry to push test images to and serve bundles from, and skopeo
-# to push them (and as the peer of the registry benchmark).
+# to push them (and as the peer of the registry benchmark), and a static
+# busybox, the one binary in the test images.
 missing=""
 [ -x /usr/bin/docker-registry ] || missing="$missing docker-registry"
 command -v skopeo >/dev/null 2>&1 || missing="$missing skopeo"
+# The test images' layer is /bin/busybox: it must be the static build.
+dpkg -s busybox-static >/dev/null 2>&1 || missing="$missing busybox-static"
 command -v cpio >/dev/null 2>&1 || missing="$missing cpio"
 command -v bmaptool >/dev/null 2>&1 || missing="$missing bmap-tools"
 command -v setfattr >/dev/null 2>&1 || missing="$missing attr"

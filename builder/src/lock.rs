@@ -39,15 +39,11 @@ pub fn lock(spec_path: &Path, cache_root: &Path, opts: &FetchOptions, update: bo
             pins.push(Pin { origin: image.origin.clone(), array: "registry.images", key: "digest", value: digest.to_string(), what: image.reference.clone() });
         }
     }
-    let unpinned: Vec<_> = spec
-        .artifacts
-        .iter()
-        .filter(|a| a.sha256.is_none() || update)
-        .map(|a| crate::spec::ArtifactSpec { sha256: None, ..a.clone() })
-        .collect();
-    for (a, (digest, _)) in unpinned.iter().zip(fetcher.artifacts(&unpinned)?) {
-        let old = spec.artifacts.iter().find(|x| x.origin == a.origin).and_then(|x| x.sha256.clone());
-        if old.as_deref() != Some(digest.hex()) {
+    let to_pin: Vec<&crate::spec::ArtifactSpec> = spec.artifacts.iter().filter(|a| a.sha256.is_none() || update).collect();
+    // Without a pin the fetch stores the file under whatever it hashes to.
+    let unpinned: Vec<_> = to_pin.iter().map(|a| crate::spec::ArtifactSpec { sha256: None, ..(*a).clone() }).collect();
+    for (a, (digest, _)) in to_pin.iter().zip(fetcher.artifacts(&unpinned)?) {
+        if a.sha256.as_deref() != Some(digest.hex()) {
             pins.push(Pin { origin: a.origin.clone(), array: "artifacts", key: "sha256", value: digest.hex().to_owned(), what: a.dest.clone() });
         }
     }

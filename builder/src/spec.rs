@@ -690,7 +690,8 @@ fn resolve(path: &Path, m: Merged, files: Vec<PathBuf>) -> Result<Spec> {
     formats.sort();
     formats.dedup();
     check_unique(path, &m.images, &m.artifacts)?;
-    if !m.images.is_empty() && !(packages.contains("docker-registry") && m.overlays.iter().any(|o| o.ends_with("registry"))) {
+    let serves_registry = packages.contains("docker-registry") && m.overlays.iter().any(|o| o.ends_with("registry"));
+    if !m.images.is_empty() && !serves_registry {
         return Err(SpecError {
             file: path.to_owned(),
             position: None,

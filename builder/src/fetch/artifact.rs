@@ -64,7 +64,7 @@ async fn get(http: &reqwest::Client, url: &str, offset: u64, what: &str) -> Resu
     if offset > 0 {
         req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
     }
-    let response = req.send().await.map_err(|e| anyhow!("{what}: {}", super::source::chain(&e)))?;
+    let response = req.send().await.with_context(|| what.to_owned())?;
     let status = response.status();
     if !status.is_success() {
         bail!("{what}: the server answered HTTP {status}");

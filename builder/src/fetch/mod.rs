@@ -27,7 +27,6 @@ use source::{Registries, Source};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How a fetch talks to the network.
@@ -53,8 +52,6 @@ const ATTEMPTS: u32 = 3;
 pub struct FetchedImage {
     pub reference: String,
     pub content: RepoContent,
-    /// Bytes of its blobs (configs and layers of the platforms carried).
-    pub size: u64,
 }
 
 pub struct Fetcher {
@@ -113,7 +110,7 @@ impl Fetcher {
                     missing.entry(b.digest.clone()).or_insert((i, b.clone()));
                 }
             }
-            fetched.push(FetchedImage { reference: image.reference.clone(), size: blobs.iter().map(|b| b.size).sum(), content });
+            fetched.push(FetchedImage { reference: image.reference.clone(), content });
         }
         for (i, _) in missing.values() {
             if sources[*i].is_none() {
@@ -189,11 +186,7 @@ impl Fetcher {
         }
         let total: u64 = jobs.iter().map(|(_, d, _)| d.size).sum();
         let bar = progress_bar(total, &format!("fetching {} blobs", jobs.len()));
-        let done = AtomicU64::new(0);
-        let on_bytes = |n: u64| {
-            done.fetch_add(n, Ordering::Relaxed);
-            bar.inc(n);
-        };
+        let on_bytes = |n: u64| bar.inc(n);
         let start = Instant::now();
         let results: Vec<Result<()>> = self.runtime.block_on(
             futures_util::stream::iter(jobs.iter().map(|(src, desc, reference)| {

@@ -33,22 +33,6 @@ pub enum Source<'a> {
     Files { label: String, blobs_dir: PathBuf, top: Option<Digest> },
 }
 
-/// An error and its causes on one line: oci-client's messages alone hide
-/// why a request failed (DNS, refused connection, TLS).
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
-}
-
 fn oci_ref(r: &ImageRef, digest: Option<&Digest>) -> oci_client::Reference {
     match (digest, &r.tag) {
         (Some(d), _) => oci_client::Reference::with_digest(r.registry.clone(), r.repository.clone(), d.to_string()),
@@ -78,7 +62,7 @@ impl Source<'_> {
                     .client
                     .fetch_manifest_digest(&r, &RegistryAuth::Anonymous)
                     .await
-                    .map_err(|e| anyhow!("resolving {reference}: {}", chain(&e)))?;
+                    .with_context(|| format!("resolving {reference}"))?;
                 Ok(Digest::parse(&d).with_context(|| format!("registry of {reference} answered digest {d:?}"))?)
             }
             Source::Files { label, top, .. } => top.clone().ok_or_else(|| anyhow!("{label}: no image found to resolve")),
@@ -94,7 +78,7 @@ impl Source<'_> {
                     .client
                     .pull_manifest_raw(&r, &RegistryAuth::Anonymous, ACCEPTED_MANIFESTS)
                     .await
-                    .map_err(|e| anyhow!("fetching manifest {d} of {reference}: {}", chain(&e)))?;
+                    .with_context(|| format!("fetching manifest {d} of {reference}"))?;
                 bytes.to_vec()
             }
             Source::Files { label, blobs_dir, .. } => {
@@ -126,7 +110,7 @@ impl Source<'_> {
                     .client
                     .pull_blob_stream_partial(&r, &layer, w.offset(), None)
                     .await
-                    .map_err(|e| anyhow!("fetching blob {} of {reference}: {}", desc.digest, chain(&e)))?;
+                    .with_context(|| format!("fetching blob {} of {reference}", desc.digest))?;
                 // Kept bytes count towards progress only once the source agreed to continue.
                 let mut stream = match response {
                     BlobResponse::Partial(s) => {
@@ -141,7 +125,7 @@ impl Source<'_> {
                     }
                 };
                 while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(|e| anyhow!("fetching blob {} of {reference}: {}", desc.digest, chain(&e)))?;
+                    let chunk = chunk.with_context(|| format!("fetching blob {} of {reference}", desc.digest))?;
                     w.write_all(&chunk).with_context(|| format!("writing blob {}", desc.digest))?;
                     on_bytes(chunk.len() as u64);
                 }

@@ -45,7 +45,7 @@ pub fn write(root: &Path, images: &[RepoContent], blob_path: impl Fn(&Digest) ->
         let repo = v2.join("repositories").join(&image.repo);
         for d in image.manifests.iter().chain(&image.blobs) {
             if placed.insert(d.clone()) {
-                bytes += place_blob(&v2, d, &blob_path(d))?;
+                bytes += place_blob(root, d, &blob_path(d))?;
             }
         }
         for d in &image.manifests {
@@ -68,10 +68,10 @@ pub fn blob_data_path(root: &Path, d: &Digest) -> PathBuf {
     root.join(V2_DIR).join("blobs/sha256").join(&d.hex()[..2]).join(d.hex()).join("data")
 }
 
-fn place_blob(v2: &Path, d: &Digest, from: &Path) -> Result<u64> {
-    let dir = v2.join("blobs/sha256").join(&d.hex()[..2]).join(d.hex());
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let to = dir.join("data");
+fn place_blob(root: &Path, d: &Digest, from: &Path) -> Result<u64> {
+    let to = blob_data_path(root, d);
+    let dir = to.parent().context("blob path has no parent")?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let size = fs::metadata(from).with_context(|| format!("blob {d} is missing from the cache ({})", from.display()))?.len();
     if fs::hard_link(from, &to).is_err() {
         fs::copy(from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
