@@ -85,6 +85,10 @@ pub struct DebianSection {
 pub struct PackagesSection {
     #[serde(default)]
     pub install: Vec<toml::Spanned<String>>,
+    /// Shell scripts run inside the root after the packages are installed
+    /// (mkosi's postinst scripts), paths relative to the spec file.
+    #[serde(default)]
+    pub post_install: Vec<toml::Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -172,6 +176,9 @@ pub struct Spec {
     pub packages: Vec<String>,
     /// Overlay folders, in application order, as absolute paths.
     pub overlays: Vec<PathBuf>,
+    /// Scripts run in the root (chrooted, with /proc, /sys and /dev) after
+    /// the packages are installed, in order, as absolute paths.
+    pub post_install: Vec<PathBuf>,
     pub boot: Boot,
     pub disk: Disk,
     pub formats: Vec<OutputFormat>,
@@ -323,8 +330,9 @@ impl Spec {
                     }
                 }
             }
-            // Overlay contents are hashed by the overlay stage; the checkout path is not identity.
-            if let Some(list) = obj.get_mut("overlays").and_then(|o| o.as_array_mut()) {
+            // Overlay and script contents are hashed by their stages; the checkout path is not identity.
+            for key in ["overlays", "post_install"] {
+                let Some(list) = obj.get_mut(key).and_then(|o| o.as_array_mut()) else { continue };
                 for item in list.iter_mut() {
                     let name = item.as_str().and_then(|s| Path::new(s).file_name()).map(|n| n.to_string_lossy().into_owned());
                     *item = serde_json::Value::String(name.unwrap_or_default());
@@ -389,6 +397,7 @@ struct Merged {
     variant: Option<String>,
     packages: Vec<String>,
     overlays: Vec<PathBuf>,
+    post_install: Vec<PathBuf>,
     cmdline: Option<Vec<String>>,
     initrd_modules: Option<Vec<String>>,
     timeout_seconds: Option<u32>,
@@ -488,6 +497,13 @@ fn check_file(loc: &Located, file: &SpecFile, dir: &Path) -> Result<Merged> {
                 return Err(loc.err(pkg, &format!("packages.install[{i}]"), format!("{:?} is not a valid Debian package name (lowercase letters, digits, '+', '-', '.'; optionally =version)", pkg.get_ref())));
             }
             m.packages.push(pkg.get_ref().clone());
+        }
+        for (i, script) in packages.post_install.iter().enumerate() {
+            let path = dir.join(script.get_ref());
+            if !path.is_file() {
+                return Err(loc.err(script, &format!("packages.post_install[{i}]"), format!("script {} does not exist (paths are relative to the spec file)", path.display())));
+            }
+            m.post_install.push(path.canonicalize().with_context(|| format!("resolving {}", path.display()))?);
         }
     }
     if let Some(overlays) = &file.overlays {
@@ -679,6 +695,11 @@ fn merge(base: &mut Merged, top: Merged) {
             base.overlays.push(o);
         }
     }
+    for p in top.post_install {
+        if !base.post_install.contains(&p) {
+            base.post_install.push(p);
+        }
+    }
 }
 
 fn resolve(path: &Path, m: Merged, files: Vec<PathBuf>) -> Result<Spec> {
@@ -714,6 +735,7 @@ fn resolve(path: &Path, m: Merged, files: Vec<PathBuf>) -> Result<Spec> {
         },
         packages: packages.into_iter().collect(),
         overlays: m.overlays,
+        post_install: m.post_install,
         boot: Boot {
             cmdline: m.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.iter().map(|s| s.to_string()).collect()),
             initrd_modules: m.initrd_modules.unwrap_or_else(|| DEFAULT_INITRD_MODULES.iter().map(|s| s.to_string()).collect()),
@@ -866,6 +888,21 @@ root_mib = 4096
         let p = write(t.path(), "bad.toml", "[imagee]\nname = \"x\"\n");
         let err = err_of(&p);
         assert!(err.contains("bad.toml:1:2: key `imagee`: unknown field `imagee`, expected one of `include`, `image`"), "{err}");
+    }
+
+    #[test]
+    fn post_install_scripts_resolve_relative_to_their_spec_and_are_not_identity() {
+        let t = tree();
+        std::fs::create_dir_all(t.path().join("images/scripts")).unwrap();
+        std::fs::write(t.path().join("images/scripts/a.sh"), "true\n").unwrap();
+        let with = BASE.replace("install = [\"systemd\", \"linux-image-amd64\"]", "install = [\"systemd\", \"linux-image-amd64\"]\npost_install = [\"scripts/a.sh\"]");
+        let p = write(t.path(), "base.toml", &with);
+        let spec = Spec::load(&p).unwrap();
+        assert_eq!(spec.post_install, [t.path().join("images/scripts/a.sh").canonicalize().unwrap()]);
+        assert!(spec.identity_json().unwrap().contains("\"post_install\":[\"a.sh\"]"), "{}", spec.identity_json().unwrap());
+        let p = write(t.path(), "bad.toml", &with.replace("scripts/a.sh", "scripts/nope.sh"));
+        let err = err_of(&p);
+        assert!(err.contains("bad.toml:9:17: key `packages.post_install[0]`: script ") && err.contains("nope.sh does not exist"), "{err}");
     }
 
     #[test]

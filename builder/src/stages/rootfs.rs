@@ -41,6 +41,12 @@ pub fn key(ctx: &Context) -> String {
         .add("epoch", spec.source_date_epoch.to_string())
         .add("mmdebstrap", ctx.tool("mmdebstrap"))
         .add("hooks", initramfs_hook(&spec.boot.initrd_modules));
+    for (i, script) in spec.post_install.iter().enumerate() {
+        // Contents, not paths: the same script in another checkout is the same
+        // input. The spec checked it exists; a script gone since keys as empty
+        // and fails at its upload.
+        k.add(&format!("post_install[{i}]"), fs::read(script).unwrap_or_default());
+    }
     k.finish()
 }
 
@@ -98,7 +104,15 @@ fn build(ctx: &Context, out: &Path) -> Result<()> {
         .arg("--essential-hook=printf 'MODULES=list\\nCOMPRESS=zstd\\n' > \"$1\"/etc/initramfs-tools/conf.d/ciab.conf")
         .arg(format!("--essential-hook=install -m 0755 {} \"$1\"/etc/initramfs-tools/hooks/ciab-modules", q(&hook)))
         .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {}", q(&debs)))
-        .arg("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/cache/apt/archives/partial")
+        .arg("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/cache/apt/archives/partial");
+    for (i, script) in spec.post_install.iter().enumerate() {
+        let name = format!("/tmp/ciab-post-install-{i}");
+        tracing::info!("post-install script {}", script.display());
+        cmd = cmd
+            .arg(format!("--customize-hook=upload {} {name}", q(script)))
+            .arg(format!("--customize-hook=chroot \"$1\" /bin/sh -eu {name} && rm -f \"$1\"{name}"));
+    }
+    cmd = cmd
         // apt leaves its partial directories owned by root or by _apt depending
         // on whether it downloaded anything: normalize both to apt's own layout.
         .arg("--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/partial && install -d -m 0700 \"$1\"/var/cache/apt/archives/partial \"$1\"/var/lib/apt/lists/partial && chroot \"$1\" chown _apt:root /var/cache/apt/archives/partial /var/lib/apt/lists/partial")
