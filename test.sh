@@ -28,6 +28,10 @@ command -v bmaptool >/dev/null 2>&1 || missing="$missing bmap-tools"
 command -v setfattr >/dev/null 2>&1 || missing="$missing attr"
 command -v debugfs >/dev/null 2>&1 || missing="$missing e2fsprogs"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+# Keystone's Fernet keys are made in Rust and checked with the library Keystone uses.
+/usr/bin/python3 -c "import cryptography" 2>/dev/null || missing="$missing python3-cryptography"
+# The TLS front end's configuration is checked by HAProxy itself (haproxy -c).
+command -v haproxy >/dev/null 2>&1 || missing="$missing haproxy"
 if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
 fi

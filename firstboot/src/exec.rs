@@ -20,12 +20,14 @@ pub struct Cmd {
     envs: Vec<(OsString, OsString)>,
     dir: Option<std::path::PathBuf>,
     package: Option<&'static str>,
+    /// Variables of `envs` whose values are never shown.
+    secret_keys: Vec<OsString>,
 }
 
 impl Cmd {
     /// A command running `program`.
     pub fn new(program: impl AsRef<OsStr>) -> Self {
-        Cmd { program: program.as_ref().to_owned(), args: Vec::new(), envs: Vec::new(), dir: None, package: None }
+        Cmd { program: program.as_ref().to_owned(), args: Vec::new(), envs: Vec::new(), dir: None, package: None, secret_keys: Vec::new() }
     }
 
     /// Names the Debian package that provides the program, for the "not found" hint.
@@ -53,6 +55,13 @@ impl Cmd {
         self
     }
 
+    /// An environment variable whose value is a secret: passed to the
+    /// program, shown as `KEY=<secret>` in logs and errors.
+    pub fn secret_env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.secret_keys.push(key.as_ref().to_owned());
+        self.env(key, value)
+    }
+
     /// Runs the command in `dir` (for tools that read config from their cwd).
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.dir = Some(dir.as_ref().to_owned());
@@ -68,7 +77,10 @@ impl Cmd {
         let mut parts: Vec<String> = self
             .envs
             .iter()
-            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), shell_quote(&v.to_string_lossy())))
+            .map(|(k, v)| {
+                let v = if self.secret_keys.contains(k) { "<secret>".into() } else { shell_quote(&v.to_string_lossy()) };
+                format!("{}={v}", k.to_string_lossy())
+            })
             .collect();
         parts.push(shell_quote(&self.program.to_string_lossy()));
         parts.extend(self.args.iter().map(|a| shell_quote(&a.to_string_lossy())));
@@ -166,6 +178,17 @@ mod tests {
         assert!(err.starts_with("sh failed (exit status 3)"), "{err}");
         assert!(err.contains("boom"), "{err}");
         assert!(err.contains("command: sh -c 'echo first >&2; echo boom >&2; exit 3'"), "{err}");
+    }
+
+    #[test]
+    fn secret_env_reaches_the_program_but_never_the_error() {
+        let cmd = Cmd::new("sh").args(["-c", "echo \"${#PW} chars\" >&2; exit 4"]).secret_env("PW", "hunter2");
+        let err = cmd.run().unwrap_err().to_string();
+        assert!(err.contains("PW=<secret>"), "{err}");
+        assert!(err.contains("7 chars"), "the program got the value: {err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let ok = Cmd::new("sh").args(["-c", "printf %s \"$PW\""]).secret_env("PW", "hunter2").run().unwrap();
+        assert_eq!(ok, "hunter2");
     }
 
     #[test]

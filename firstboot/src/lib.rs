@@ -5,6 +5,7 @@
 
 pub mod atomic;
 pub mod blockdev;
+pub mod cloud;
 pub mod contract;
 pub mod discover;
 pub mod engine;

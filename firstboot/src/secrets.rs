@@ -51,6 +51,13 @@ pub fn ensure(dir: &Path, names: &[&str]) -> Result<usize> {
     Ok(created)
 }
 
+/// The secret `name` from `dir`, trimmed.
+pub fn read(dir: &Path, name: &str) -> Result<String> {
+    let path = dir.join(name);
+    let text = fs::read_to_string(&path).with_context(|| format!("reading secret {}: did the secrets step run?", path.display()))?;
+    Ok(text.trim().to_owned())
+}
+
 /// Are all secrets in place?
 pub fn complete(dir: &Path, names: &[&str]) -> bool {
     names.iter().all(|n| is_sound(dir, n))

@@ -637,10 +637,17 @@ fn serve_connection(
             )
         }
         "/" | "/index.html" => {
-            let (code, body) = match Journal::read(journal_path) {
+            let (code, mut body) = match Journal::read(journal_path) {
                 Ok(j) => (200, render_html(j.as_ref(), now_unix())),
                 Err(e) => (500, render_error_html(&format!("{e:#}"))),
             };
+            if ca_cert_path(journal_path).exists() {
+                body = body.replace(
+                    "</body>",
+                    "<p>This box's certificate authority, which signed the cloud's TLS certificate: \
+                     <a href=\"/ca.crt\">ca.crt</a> (compare its fingerprint with the one on the console).</p>\n</body>",
+                );
+            }
             write_response(
                 stream,
                 code,
@@ -650,8 +657,18 @@ fn serve_connection(
                 &[],
             )
         }
+        "/ca.crt" => match std::fs::read(ca_cert_path(journal_path)) {
+            Ok(pem) => write_response(stream, 200, "application/x-pem-file", &pem, head_only, &[("Content-Disposition", "attachment; filename=\"ciab-ca.crt\"")]),
+            Err(_) => write_response(stream, 404, TEXT, b"No CA yet: first boot makes it in its pki step.\n", head_only, &[]),
+        },
         _ => write_response(stream, 404, TEXT, b"Not Found\n", head_only, &[]),
     }
+}
+
+/// The box's CA certificate, beside the journal (`/var/lib/ciab/pki/ca.crt`).
+/// Public by nature: clients need it to trust the cloud's endpoints.
+fn ca_cert_path(journal_path: &Path) -> PathBuf {
+    journal_path.parent().unwrap_or(Path::new("/")).join("pki/ca.crt")
 }
 
 // ---------------------------------------------------------------------------

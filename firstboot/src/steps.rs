@@ -42,22 +42,22 @@ impl Ctx {
         self.plan = self.load("plan.json");
     }
 
-    fn hw(&self) -> Result<&Hardware> {
+    pub(crate) fn hw(&self) -> Result<&Hardware> {
         self.hw.as_ref().context("hardware not discovered yet")
     }
-    fn site(&self) -> Result<&SiteConfig> {
+    pub(crate) fn site(&self) -> Result<&SiteConfig> {
         self.site.as_ref().context("site configuration not read yet")
     }
-    fn plan(&self) -> Result<&Plan> {
+    pub(crate) fn plan(&self) -> Result<&Plan> {
         self.plan.as_ref().context("no plan yet")
     }
 
-    fn load<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
+    pub(crate) fn load<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
         let text = std::fs::read(self.state_dir.join(name)).ok()?;
         serde_json::from_slice(&text).ok()
     }
 
-    fn save<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<()> {
+    pub(crate) fn save<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<()> {
         crate::atomic::write_atomic(&self.state_dir.join(name), &serde_json::to_vec_pretty(value)?)
     }
 }
@@ -73,6 +73,10 @@ pub fn all() -> Vec<Box<dyn Step<Ctx>>> {
         Box::new(NetworkStep),
         Box::new(SystemStep),
         Box::new(RegistryStep),
+        Box::new(crate::cloud::steps::PkiStep),
+        Box::new(crate::cloud::steps::DatabaseStep),
+        Box::new(crate::cloud::steps::KeystoneStep),
+        Box::new(crate::cloud::steps::FrontendStep),
         Box::new(ReadyStep),
     ]
 }
@@ -278,10 +282,10 @@ impl Step<Ctx> for StorageStep {
     }
 }
 
-struct NetworkStep;
+pub(crate) struct NetworkStep;
 
 impl NetworkStep {
-    fn nic(ctx: &Ctx) -> Result<Option<String>> {
+    pub(crate) fn nic(ctx: &Ctx) -> Result<Option<String>> {
         match ctx.site()?.resolve_nic(ctx.hw()?) {
             Ok(nic) => Ok(Some(nic)),
             Err(crate::site::SiteError::NoNetworkInterface) => Ok(None),
@@ -463,7 +467,7 @@ impl Step<Ctx> for ReadyStep {
         "finish"
     }
     fn depends_on(&self) -> &'static [&'static str] {
-        &["secrets", "storage", "network", "system", "registry"]
+        &["secrets", "storage", "network", "system", "registry", "frontend"]
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         Ok(ctx.state_dir.join(DONE_STAMP).exists())
@@ -476,6 +480,14 @@ impl Step<Ctx> for ReadyStep {
         for a in &addrs {
             let ip = a.split('/').next().unwrap_or(a);
             println!("ciab-firstboot: summary: status page http://{ip}:8080/");
+        }
+        if ctx.plan()?.profile.has_cloud() && ctx.root.join(crate::cloud::database::SCHEMAS_DIR).is_dir() {
+            let e = crate::cloud::steps::endpoints(ctx)?;
+            println!("ciab-firstboot: summary: cloud {} (admin credentials in /root/.config/openstack/clouds.yaml)", e.public("identity"));
+            for a in &addrs {
+                let ip = a.split('/').next().unwrap_or(a);
+                println!("ciab-firstboot: summary: CA certificate http://{ip}:8080/ca.crt");
+            }
         }
         println!("ciab-firstboot: summary: per-box secrets in {} (root only)", ctx.state_dir.join("secrets").display());
         crate::atomic::write_atomic(&ctx.state_dir.join(DONE_STAMP), b"")
@@ -508,7 +520,7 @@ mod tests {
                 assert!(at < i, "{} depends on {d}, which is not earlier", s.name());
             }
         }
-        assert_eq!(names, ["discover", "site-config", "plan", "secrets", "storage", "network", "system", "registry", "ready"]);
+        assert_eq!(names, ["discover", "site-config", "plan", "secrets", "storage", "network", "system", "registry", "pki", "database", "keystone", "frontend", "ready"]);
     }
 
     #[test]

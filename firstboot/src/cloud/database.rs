@@ -1,0 +1,138 @@
+//! MariaDB on the box's `mariadb` volume: sized by the plan, loaded from the
+//! schemas the build migrated (images/scripts/openstack.sh), one user per
+//! service with the password first boot generated.
+
+use super::ini::Ini;
+use crate::plan::ControlPlane;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// The server's socket, where root logs in by unix_socket authentication.
+pub const SOCKET: &str = "/run/mysqld/mysqld.sock";
+/// Schema dumps in the image, one `<database>.sql` each.
+pub const SCHEMAS_DIR: &str = "usr/share/ciab/schemas";
+/// ciab's server settings, read after Debian's own.
+pub const SERVER_CNF: &str = "etc/mysql/mariadb.conf.d/90-ciab.cnf";
+pub const DATADIR: &str = "var/lib/mysql";
+
+/// A service's database account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Account {
+    pub user: &'static str,
+    /// The secret (under the secrets directory) holding its password.
+    pub secret: &'static str,
+    /// Databases it owns, each with the schema dump it starts from.
+    pub databases: &'static [(&'static str, &'static str)],
+}
+
+/// Every service's account; Nova's cell0 database starts from the same
+/// schema as its cell1 database.
+pub const ACCOUNTS: &[Account] = &[
+    Account { user: "keystone", secret: "keystone-db", databases: &[("keystone", "keystone")] },
+    Account { user: "glance", secret: "glance-db", databases: &[("glance", "glance")] },
+    Account { user: "placement", secret: "placement-db", databases: &[("placement", "placement")] },
+    Account { user: "nova", secret: "nova-db", databases: &[("nova_api", "nova_api"), ("nova", "nova"), ("nova_cell0", "nova")] },
+    Account { user: "neutron", secret: "neutron-db", databases: &[("neutron", "neutron")] },
+    Account { user: "cinder", secret: "cinder-db", databases: &[("cinder", "cinder")] },
+];
+
+/// oslo.db's URL for `account` on `database`, over the local socket.
+pub fn connection_url(account: &Account, password: &str, database: &str) -> String {
+    format!("mysql+pymysql://{}:{password}@localhost/{database}?unix_socket={SOCKET}&charset=utf8", account.user)
+}
+
+/// The server's settings from the plan: memory, connections, loopback only.
+pub fn server_cnf(cp: &ControlPlane) -> Ini {
+    let mut ini = Ini::new("Written by ciab-firstboot from the sizing plan (/var/lib/ciab/plan.json).");
+    ini.set("mysqld", "bind-address", "127.0.0.1")
+        .set("mysqld", "skip-name-resolve", "ON")
+        .set("mysqld", "datadir", "/var/lib/mysql")
+        .set("mysqld", "innodb_buffer_pool_size", format!("{}M", cp.mariadb.innodb_buffer_pool_mib))
+        .set("mysqld", "max_connections", cp.mariadb.max_connections)
+        .set("mysqld", "character-set-server", "utf8mb4")
+        .set("mysqld", "collation-server", "utf8mb4_general_ci")
+        // OpenStack's many small transactions; the box has one disk and a UPS is not assumed.
+        .set("mysqld", "innodb_flush_log_at_trx_commit", 1);
+    ini
+}
+
+/// SQL that creates (or re-creates, idempotently) every account with its
+/// current password and grants it its databases.
+pub fn accounts_sql(secret: impl Fn(&str) -> Result<String>) -> Result<String> {
+    let mut sql = String::new();
+    for a in ACCOUNTS {
+        let pw = secret(a.secret)?;
+        if !pw.chars().all(|c| c.is_ascii_alphanumeric()) {
+            bail!("secret {} is not alphanumeric: refusing to put it in SQL", a.secret);
+        }
+        sql.push_str(&format!("CREATE USER IF NOT EXISTS '{u}'@'localhost' IDENTIFIED BY '{pw}';\nALTER USER '{u}'@'localhost' IDENTIFIED BY '{pw}';\n", u = a.user));
+        for (db, _) in a.databases {
+            sql.push_str(&format!("GRANT ALL PRIVILEGES ON `{db}`.* TO '{}'@'localhost';\n", a.user));
+        }
+    }
+    sql.push_str("FLUSH PRIVILEGES;\n");
+    Ok(sql)
+}
+
+/// Runs SQL as root over the socket; the statements go through a 0600 file
+/// so passwords never show in a process list.
+pub fn run_sql(state_dir: &Path, database: Option<&str>, sql: &str) -> Result<()> {
+    let file = state_dir.join("run/ciab-sql.sql");
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    crate::atomic::write_atomic_mode(&file, sql.as_bytes(), 0o600)?;
+    let result = source(database, &file);
+    let _ = std::fs::remove_file(&file);
+    result
+}
+
+/// `mariadb [database] -e "source FILE"` as root over the socket.
+pub fn source(database: Option<&str>, file: &Path) -> Result<()> {
+    let mut cmd = crate::exec::Cmd::new("mariadb").package("mariadb-client").args(["--protocol=socket", &format!("--socket={SOCKET}"), "-uroot"]);
+    if let Some(db) = database {
+        cmd = cmd.arg(format!("--database={db}"));
+    }
+    cmd.arg("-e").arg(format!("source {}", file.display())).run().map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_database_has_an_account_and_a_schema() {
+        let dbs: Vec<&str> = ACCOUNTS.iter().flat_map(|a| a.databases.iter().map(|(d, _)| *d)).collect();
+        assert_eq!(dbs, ["keystone", "glance", "placement", "nova_api", "nova", "nova_cell0", "neutron", "cinder"]);
+        // Every secret named here is one the secrets step makes for a cloud profile.
+        let names = crate::steps::secret_names(crate::plan::Profile::Eval);
+        for a in ACCOUNTS {
+            assert!(names.contains(&a.secret), "{} is not generated", a.secret);
+        }
+    }
+
+    #[test]
+    fn accounts_sql_sets_every_password_and_grant() {
+        let sql = accounts_sql(|name| Ok(format!("{:0>64}", name.len()))).unwrap();
+        assert!(sql.contains("CREATE USER IF NOT EXISTS 'nova'@'localhost' IDENTIFIED BY '0000000000000000000000000000000000000000000000000000000000000007';"), "{sql}");
+        assert!(sql.contains("ALTER USER 'keystone'@'localhost' IDENTIFIED BY "));
+        assert!(sql.contains("GRANT ALL PRIVILEGES ON `nova_cell0`.* TO 'nova'@'localhost';"));
+        assert_eq!(sql.matches("GRANT ").count(), 8);
+        assert!(sql.ends_with("FLUSH PRIVILEGES;\n"));
+        let err = accounts_sql(|_| Ok("x'; DROP DATABASE nova; --".into())).unwrap_err();
+        assert!(format!("{err:#}").contains("not alphanumeric"));
+    }
+
+    #[test]
+    fn server_settings_come_from_the_plan() {
+        let cp = super::super::test_plan().control_plane.unwrap();
+        let text = server_cnf(&cp).render();
+        assert!(text.contains(&format!("innodb_buffer_pool_size = {}M\n", cp.mariadb.innodb_buffer_pool_mib)), "{text}");
+        assert!(text.contains(&format!("max_connections = {}\n", cp.mariadb.max_connections)));
+        assert!(text.contains("bind-address = 127.0.0.1\n"));
+        assert_eq!(
+            connection_url(&ACCOUNTS[0], "pw", "keystone"),
+            "mysql+pymysql://keystone:pw@localhost/keystone?unix_socket=/run/mysqld/mysqld.sock&charset=utf8"
+        );
+    }
+}

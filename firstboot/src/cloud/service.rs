@@ -1,0 +1,63 @@
+//! Starting the image's masked services once their configuration is written,
+//! and waiting for them to answer — never on a fixed sleep.
+
+use anyhow::{bail, Result};
+use std::time::{Duration, Instant};
+
+fn systemctl(args: &[&str]) -> Result<String> {
+    crate::exec::Cmd::new("systemctl").package("systemd").args(args).run()
+}
+
+/// Unmasks, enables and (re)starts `units`; a unit that fails to start is
+/// reported with its last journal lines.
+pub fn start(units: &[&str], restart: bool) -> Result<()> {
+    let mut args = vec!["unmask", "--quiet"];
+    args.extend_from_slice(units);
+    systemctl(&args)?;
+    let mut args = vec!["enable", "--quiet"];
+    args.extend_from_slice(units);
+    systemctl(&args)?;
+    for unit in units {
+        if let Err(e) = systemctl(&[if restart { "restart" } else { "start" }, unit]) {
+            bail!("{unit} did not start: {e:#}\n{}", journal_tail(unit));
+        }
+    }
+    Ok(())
+}
+
+pub fn is_active(unit: &str) -> bool {
+    systemctl(&["is-active", "--quiet", unit]).is_ok()
+}
+
+/// The unit's last journal lines, for an error on the status page.
+pub fn journal_tail(unit: &str) -> String {
+    let out = crate::exec::Cmd::new("journalctl").args(["-u", unit, "-n", "12", "--no-pager", "-o", "cat"]).run().unwrap_or_default();
+    format!("last lines of {unit}'s journal:\n{}", out.trim_end())
+}
+
+/// The HTTP status `url` answers with (curl, trusting `ca` for https), or
+/// `None` when nothing answers.
+pub fn http_status(url: &str, ca: Option<&str>) -> Option<u16> {
+    let mut cmd = crate::exec::Cmd::new("curl").package("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30"]);
+    if let Some(ca) = ca {
+        cmd = cmd.args(["--cacert", ca]);
+    }
+    let code: u16 = cmd.arg(url).run().ok()?.trim().parse().ok()?;
+    (code != 0).then_some(code)
+}
+
+/// Waits until `url` answers below 500, while `unit` stays alive.
+pub fn wait_http(url: &str, ca: Option<&str>, unit: &str, timeout: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        match http_status(url, ca) {
+            Some(code) if code < 500 => return Ok(start.elapsed()),
+            _ if start.elapsed() > timeout => bail!("{url} does not answer after {} s\n{}", timeout.as_secs(), journal_tail(unit)),
+            _ => {}
+        }
+        if systemctl(&["is-failed", "--quiet", unit]).is_ok() {
+            bail!("{unit} failed while {url} was awaited\n{}", journal_tail(unit));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

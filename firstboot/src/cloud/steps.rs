@@ -1,0 +1,296 @@
+//! The IaaS layer's first-boot steps, after `registry`:
+//! pki → database → keystone → frontend. Each is a no-op on a profile
+//! without a cloud or an image without OpenStack (no build-time schemas).
+//!
+//! Every `apply()` may be cut by a power loss at any point and re-run: the
+//! CA and keys are never re-made, databases are loaded once (a stamp per
+//! database, and the dumps drop and re-create their tables if a load was
+//! cut), accounts are re-asserted with the same passwords, configuration is
+//! rewritten whole.
+
+use super::{database, frontend, keys, keystone, pki, service, Endpoints};
+use crate::engine::Step;
+use crate::steps::{Ctx, NetworkStep};
+use anyhow::{Context, Result};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long an OpenStack API may take to answer after its start: Keystone
+/// under TCG with one process answers in about two minutes.
+const API_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Whether this box runs the cloud: a cloud profile on an image that carries it.
+fn has_cloud(ctx: &Ctx) -> Result<bool> {
+    Ok(ctx.plan()?.profile.has_cloud() && ctx.root.join(database::SCHEMAS_DIR).is_dir())
+}
+
+fn stamp(ctx: &Ctx, name: &str) -> PathBuf {
+    ctx.state_dir.join("cloud").join(format!("{name}.done"))
+}
+
+fn set_stamp(ctx: &Ctx, name: &str) -> Result<()> {
+    let path = stamp(ctx, name);
+    std::fs::create_dir_all(path.parent().context("stamp path")?)?;
+    crate::atomic::write_atomic(&path, b"")
+}
+
+fn secret(ctx: &Ctx, name: &str) -> Result<String> {
+    crate::secrets::read(&ctx.state_dir.join("secrets"), name)
+}
+
+fn pki_of(ctx: &Ctx) -> pki::Pki {
+    pki::Pki::new(&ctx.state_dir.join("pki"))
+}
+
+/// The management addresses (without prefix length).
+fn addresses(ctx: &Ctx) -> Result<Vec<IpAddr>> {
+    let Some(nic) = NetworkStep::nic(ctx)? else { return Ok(Vec::new()) };
+    Ok(crate::network::addresses(&nic)?.iter().filter_map(|a| a.split('/').next()?.parse().ok()).collect())
+}
+
+/// Where users reach the cloud.
+pub fn endpoints(ctx: &Ctx) -> Result<Endpoints> {
+    let site = ctx.site()?;
+    if let Some(p) = &site.public_endpoint {
+        return Ok(Endpoints { host: p.host.clone(), port: p.port });
+    }
+    let host = addresses(ctx)?.first().map(|a| a.to_string()).unwrap_or_else(|| site.hostname.clone());
+    Ok(Endpoints { host, port: frontend::LISTEN_PORT })
+}
+
+fn server_names(ctx: &Ctx) -> Result<pki::ServerNames> {
+    let site = ctx.site()?;
+    let fqdn = site.domain.as_ref().map(|d| format!("{}.{d}", site.hostname));
+    let public = endpoints(ctx)?.host;
+    let mut hosts: Vec<&str> = vec![&site.hostname, "localhost", "127.0.0.1", "::1", &public];
+    if let Some(f) = &fqdn {
+        hosts.push(f);
+    }
+    Ok(pki::ServerNames::new(&hosts, &addresses(ctx)?))
+}
+
+/// Where the box's CA goes so clients on the box trust it.
+const LOCAL_TRUST: &str = "usr/local/share/ca-certificates/ciab-box-ca.crt";
+
+/// `AA:BB:…`: SHA-256 of the certificate's DER, as browsers show it.
+pub fn fingerprint(pem: &str) -> Result<String> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let body: String = pem.lines().skip_while(|l| !l.starts_with("-----BEGIN")).skip(1).take_while(|l| !l.starts_with("-----END")).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(body).context("decoding the certificate")?;
+    Ok(sha2::Sha256::digest(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"))
+}
+
+pub struct PkiStep;
+
+impl Step<Ctx> for PkiStep {
+    fn name(&self) -> &'static str {
+        "pki"
+    }
+    fn title(&self) -> &'static str {
+        "make the box's CA and TLS certificate"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["network"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        if !has_cloud(ctx)? {
+            return Ok(true);
+        }
+        let pki = pki_of(ctx);
+        let trusted = std::fs::read(ctx.root.join(LOCAL_TRUST)).ok() == std::fs::read(pki.ca_cert()).ok();
+        Ok(pki.is_complete(&server_names(ctx)?) && trusted)
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let pki = pki_of(ctx);
+        let names = server_names(ctx)?;
+        let created = pki.ensure(&ctx.site()?.hostname, &names)?;
+        let ca = std::fs::read_to_string(pki.ca_cert())?;
+        crate::atomic::write_atomic(&ctx.root.join(LOCAL_TRUST), ca.as_bytes())?;
+        crate::exec::Cmd::new("update-ca-certificates").package("ca-certificates").run()?;
+        println!("ciab-firstboot: pki: CA {} (SHA-256 {})", if created { "created" } else { "kept" }, fingerprint(&ca)?);
+        println!(
+            "ciab-firstboot: pki: server certificate for {}",
+            names.dns.iter().cloned().chain(names.ips.iter().map(|i| i.to_string())).collect::<Vec<_>>().join(", ")
+        );
+        Ok(())
+    }
+}
+
+pub struct DatabaseStep;
+
+impl DatabaseStep {
+    fn prepare_datadir(root: &Path) -> Result<()> {
+        let datadir = root.join(database::DATADIR);
+        // The volume's lost+found would show up as a database.
+        let lost = datadir.join("lost+found");
+        if lost.is_dir() && std::fs::read_dir(&lost)?.next().is_none() {
+            std::fs::remove_dir(&lost).with_context(|| format!("removing {}", lost.display()))?;
+        }
+        let mysql = keys::system_user(root, "mysql")?;
+        keys::chown(&datadir, mysql)?;
+        if !datadir.join("mysql").is_dir() {
+            crate::exec::Cmd::new("mariadb-install-db")
+                .package("mariadb-server")
+                .args(["--user=mysql", "--datadir=/var/lib/mysql", "--auth-root-authentication-method=socket", "--skip-test-db"])
+                .run()?;
+        }
+        Ok(())
+    }
+}
+
+impl Step<Ctx> for DatabaseStep {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+    fn title(&self) -> &'static str {
+        "start MariaDB and load the schemas"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["secrets", "storage"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(!has_cloud(ctx)? || (stamp(ctx, "database").exists() && service::is_active("mariadb")))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let cp = ctx.plan()?.control_plane.context("a cloud profile's plan has a control plane")?;
+        crate::atomic::write_atomic(&ctx.root.join(database::SERVER_CNF), database::server_cnf(&cp).render().as_bytes())?;
+        Self::prepare_datadir(&ctx.root)?;
+        service::start(&["mariadb"], false)?;
+        let mut loaded = 0;
+        for account in database::ACCOUNTS {
+            for (db, schema) in account.databases {
+                let name = format!("schema-{db}");
+                if stamp(ctx, &name).exists() {
+                    continue;
+                }
+                let t0 = std::time::Instant::now();
+                database::run_sql(&ctx.state_dir, None, &format!("CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4;\n"))?;
+                database::source(Some(db), &ctx.root.join(database::SCHEMAS_DIR).join(format!("{schema}.sql")))?;
+                set_stamp(ctx, &name)?;
+                println!("ciab-firstboot: database: {db} loaded in {:.1} s", t0.elapsed().as_secs_f64());
+                loaded += 1;
+            }
+        }
+        database::run_sql(&ctx.state_dir, None, &database::accounts_sql(|n| secret(ctx, n))?)?;
+        set_stamp(ctx, "database")?;
+        println!("ciab-firstboot: database: {loaded} database(s) loaded, {} service accounts", database::ACCOUNTS.len());
+        Ok(())
+    }
+}
+
+pub struct KeystoneStep;
+
+const KEYSTONE_UWSGI: &str = "etc/ciab/uwsgi/keystone.ini";
+const KEYSTONE_DROPIN: &str = "etc/systemd/system/keystone.service.d/ciab.conf";
+const ADMIN_CLOUDS: &str = "root/.config/openstack/clouds.yaml";
+
+impl Step<Ctx> for KeystoneStep {
+    fn name(&self) -> &'static str {
+        "keystone"
+    }
+    fn title(&self) -> &'static str {
+        "configure Keystone, the identity service"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["pki", "database"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(!has_cloud(ctx)? || (stamp(ctx, "keystone").exists() && service::is_active("keystone")))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let root = ctx.root.clone();
+        let plan = ctx.plan()?;
+        let cp = plan.control_plane.context("a cloud profile's plan has a control plane")?;
+        let endpoints = endpoints(ctx)?;
+        let user = keys::system_user(&root, "keystone")?;
+        let account = database::ACCOUNTS.iter().find(|a| a.user == "keystone").context("keystone account")?;
+        let url = database::connection_url(account, &secret(ctx, account.secret)?, "keystone");
+        let conf = root.join(keystone::CONF);
+        crate::atomic::write_atomic_mode(&conf, keystone::conf(&url, &endpoints, (cp.db_max_pool_size, cp.db_max_overflow)).render().as_bytes(), 0o640)?;
+        keys::chown(&conf, (0, user.1))?;
+        keys::ensure_repository(&root.join(keystone::FERNET_KEYS), user)?;
+        keys::ensure_repository(&root.join(keystone::CREDENTIAL_KEYS), user)?;
+        let ini = keystone::uwsgi_ini("keystone-api", keystone::BIND, "/usr/bin/keystone-wsgi-public", "keystone", cp.workers.keystone)?;
+        for (rel, text) in [(KEYSTONE_UWSGI, ini), (KEYSTONE_DROPIN, keystone::uwsgi_dropin(&format!("/{KEYSTONE_UWSGI}")))] {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().context("parent")?)?;
+            crate::atomic::write_atomic(&path, text.as_bytes())?;
+        }
+        crate::exec::Cmd::new("systemctl").args(["daemon-reload"]).run()?;
+        // The API starts (minutes of Python under emulation) while bootstrap
+        // writes the admin user and catalog straight into the database.
+        let started = std::time::Instant::now();
+        service::start(&["keystone"], true)?;
+        let t0 = std::time::Instant::now();
+        let password = secret(ctx, "keystone-admin")?;
+        crate::exec::Cmd::new("runuser")
+            .package("util-linux")
+            .args(["-u", "keystone", "--", "keystone-manage"])
+            .args(keystone::bootstrap_args(&endpoints))
+            .secret_env("OS_BOOTSTRAP_PASSWORD", &password)
+            .run()
+            .context("keystone-manage bootstrap")?;
+        println!("ciab-firstboot: keystone: bootstrap done in {:.0} s", t0.elapsed().as_secs_f64());
+        service::wait_http(&format!("http://{}/v3", keystone::BIND), None, "keystone", API_TIMEOUT)?;
+        println!("ciab-firstboot: keystone: API answers, {:.0} s after its start", started.elapsed().as_secs_f64());
+        let clouds = root.join(ADMIN_CLOUDS);
+        std::fs::create_dir_all(clouds.parent().context("parent")?)?;
+        let ca = pki_of(ctx).ca_cert().display().to_string();
+        crate::atomic::write_atomic_mode(&clouds, keystone::admin_clouds_yaml(&endpoints, &password, &ca).as_bytes(), 0o600)?;
+        set_stamp(ctx, "keystone")
+    }
+}
+
+pub struct FrontendStep;
+
+impl FrontendStep {
+    fn answers(ctx: &Ctx) -> Result<bool> {
+        let ca = pki_of(ctx).ca_cert().display().to_string();
+        let url = format!("https://127.0.0.1:{}/identity/v3", frontend::LISTEN_PORT);
+        Ok(matches!(service::http_status(&url, Some(&ca)), Some(200)))
+    }
+}
+
+impl Step<Ctx> for FrontendStep {
+    fn name(&self) -> &'static str {
+        "frontend"
+    }
+    fn title(&self) -> &'static str {
+        "serve the APIs over TLS"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["pki", "keystone"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(!has_cloud(ctx)? || (service::is_active("haproxy") && Self::answers(ctx)?))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let pem = pki_of(ctx).server_pem().display().to_string();
+        crate::atomic::write_atomic(&ctx.root.join(frontend::CONF), frontend::haproxy_cfg(&pem, frontend::ROUTES).as_bytes())?;
+        service::start(&["haproxy"], true)?;
+        let ca = pki_of(ctx).ca_cert().display().to_string();
+        let url = format!("https://127.0.0.1:{}/identity/v3", frontend::LISTEN_PORT);
+        service::wait_http(&url, Some(&ca), "haproxy", Duration::from_secs(60))?;
+        let e = endpoints(ctx)?;
+        println!("ciab-firstboot: frontend: identity API on {}", e.public("identity"));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_is_sha256_of_der() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pki::Pki::new(dir.path());
+        p.ensure("box", &pki::ServerNames::new(&["box"], &[])).unwrap();
+        let pem = std::fs::read_to_string(p.ca_cert()).unwrap();
+        let out = std::process::Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(p.ca_cert()).output().unwrap();
+        let openssl = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(openssl.trim().split('=').nth(1).unwrap(), fingerprint(&pem).unwrap());
+    }
+}
