@@ -103,7 +103,9 @@ for unit in mariadb rabbitmq-server epmd memcached keystone glance-api placement
         systemctl mask --quiet "$unit.service"
     fi
 done
-for socket in epmd libvirtd libvirtd-ro libvirtd-admin libvirtd-tcp libvirtd-tls virtlogd virtlogd-admin iscsid mariadb; do
+# mariadb-extra: a unit activated by its socket listens only there, not on
+# /run/mysqld/mysqld.sock where every service connects.
+for socket in epmd libvirtd libvirtd-ro libvirtd-admin libvirtd-tcp libvirtd-tls virtlogd virtlogd-admin iscsid mariadb mariadb-extra; do
     if [ -e "/usr/lib/systemd/system/$socket.socket" ]; then
         systemctl mask --quiet "$socket.socket"
     fi
