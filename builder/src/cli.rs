@@ -190,6 +190,15 @@ pub struct RunArgs {
     /// Host port forwarded to the guest's status page (8080).
     #[arg(long, default_value_t = 8080)]
     pub status_port: u16,
+    /// Host port forwarded to the cloud's TLS front end (guest port 443);
+    /// the box advertises its APIs as https://localhost:PORT/… so clients on
+    /// this machine can use the catalog.
+    #[arg(long, default_value_t = 8443)]
+    pub https_port: u16,
+    /// A site.toml to hand the box on a CIAB-CONFIG disk, instead of the one
+    /// `ciab run` writes (host name ciab, public endpoint localhost:HTTPS_PORT).
+    #[arg(long, value_name = "FILE")]
+    pub site: Option<PathBuf>,
     /// Accelerator: auto (probe KVM, fall back to TCG), kvm or tcg.
     #[arg(long, default_value = "auto", help_heading = "Advanced")]
     pub accel: String,

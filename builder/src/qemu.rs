@@ -478,7 +478,9 @@ impl Machine {
         match &self.network {
             Network::None => a.push_all(["-nic", "none"]),
             Network::User { forwards } => {
-                let mut netdev = String::from("user,id=net0");
+                // restrict=on: the guest reaches nothing outside; only the
+                // forwards reach in. The box must work air-gapped.
+                let mut netdev = String::from("user,id=net0,restrict=on");
                 for fw in forwards {
                     if fw.host == 0 || fw.guest == 0 {
                         bail!("port forward {:?}: ports must be non-zero", fw.name);
@@ -1212,7 +1214,7 @@ mod tests {
         assert!(has_pair(
             &a,
             "-netdev",
-            "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"
+            "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22"
         ));
         assert!(has_pair(&a, "-device", "virtio-rng-pci"));
         assert!(has_pair(&a, "-mon", "chardev=qmp0,mode=control"));

@@ -4,6 +4,7 @@
 //! and always runs with `-snapshot`, so the built image stays pristine.
 
 use crate::cli::{RunArgs, UpArgs};
+use crate::exec::Cmd;
 use crate::qemu::{self, Accel, Firmware, Machine, Network, PortForward, Serial};
 use anyhow::{bail, Context, Result};
 use ciab_firstboot::contract::MANIFEST_FILE;
@@ -65,6 +66,25 @@ pub fn overlay_disk(image: &Path, dir: &Path, size: &str) -> Result<PathBuf> {
     Ok(disk)
 }
 
+/// The site configuration `ciab run` hands the box: everything default but
+/// the public endpoint, which is the host's end of the port forward.
+pub fn default_site_toml(https_port: u16) -> String {
+    format!("# Written by `ciab run`: the box's APIs are reached through QEMU's port forward.\n[public_endpoint]\nhost = \"localhost\"\nport = {https_port}\n")
+}
+
+/// A small FAT image labelled CIAB-CONFIG holding `site.toml`, as an
+/// operator's USB stick would (first boot reads it before anything else).
+/// Built without mounting: mkfs.vfat, then mcopy.
+pub fn site_config_disk(dir: &Path, site_toml: &str) -> Result<PathBuf> {
+    let img = dir.join("ciab-config.img");
+    let toml = dir.join("site.toml");
+    let _ = std::fs::remove_file(&img);
+    std::fs::write(&toml, site_toml).with_context(|| format!("writing {}", toml.display()))?;
+    Cmd::new("mkfs.vfat").package("dosfstools").args(["-n", "CIAB-CONFIG", "-C"]).arg(&img).arg("8192").run()?;
+    Cmd::new("mcopy").package("mtools").arg("-i").arg(&img).arg(&toml).arg("::/site.toml").run()?;
+    Ok(img)
+}
+
 pub fn run(args: &RunArgs) -> Result<()> {
     let image = resolve_image(&args.image, !args.no_verify)?;
     let scratch = tempfile::Builder::new().prefix("ciab-run-").tempdir().context("creating a scratch directory")?;
@@ -79,7 +99,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let forwards = vec![
         PortForward { host: args.ssh_port, guest: 22, name: "ssh".into() },
         PortForward { host: args.status_port, guest: 8080, name: "status page".into() },
+        PortForward { host: args.https_port, guest: 443, name: "cloud APIs".into() },
     ];
+    let site = match &args.site {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading the site configuration {}", path.display()))?,
+        None => default_site_toml(args.https_port),
+    };
+    machine.extra_disks.push(qemu::Disk { path: site_config_disk(scratch.path(), &site)?, format: None, read_only: true });
     machine.network = if args.no_network { Network::None } else { Network::User { forwards: forwards.clone() } };
     let prepared = machine.command()?;
     eprintln!(
@@ -91,6 +117,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         args.memory,
         args.cpus
     );
+    eprintln!("ciab: site configuration on a CIAB-CONFIG disk: {}", args.site.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("public endpoint https://localhost:{}", args.https_port)));
     if args.no_network {
         eprintln!("ciab: no network device (air-gapped)");
     } else {
@@ -134,6 +161,8 @@ pub fn up(args: &UpArgs) -> Result<()> {
         no_network: false,
         ssh_port: 2222,
         status_port: 8080,
+        https_port: 8443,
+        site: None,
         accel: "auto".into(),
         no_verify: false,
     })

@@ -5,7 +5,6 @@
 //! boots alone, reads the site config the installer copied to its ESP, and
 //! first boot reaches ready.
 
-use ciab_builder::exec::Cmd;
 use ciab_builder::qemu::{Disk, Firmware, Machine, Network};
 use ciab_firstboot::contract::{INSTALLED_LINE, READY_LINE};
 use ciab_qemu_tests::harness::Vm;
@@ -47,12 +46,7 @@ fn medium_args(iso: &Path, medium: Medium) -> Vec<OsString> {
 /// A FAT filesystem labelled CIAB-CONFIG holding `site.toml`, built with
 /// mtools as an operator's stick would be.
 fn config_disk(dir: &Path, site: &str) -> PathBuf {
-    let img = dir.join("config.img");
-    let toml = dir.join("site.toml");
-    std::fs::write(&toml, site).unwrap();
-    Cmd::new("mkfs.vfat").args(["-C", "-n", "CIAB-CONFIG"]).arg(&img).arg("8192").run().unwrap();
-    Cmd::new("mcopy").arg("-i").arg(&img).arg(&toml).arg("::/site.toml").run().unwrap();
-    img
+    ciab_builder::run::site_config_disk(dir, site).unwrap()
 }
 
 /// A 16 GB target disk that is not blank: it holds a GPT with one partition,
