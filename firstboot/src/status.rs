@@ -641,6 +641,9 @@ fn serve_connection(
                 Ok(j) => (200, render_html(j.as_ref(), now_unix())),
                 Err(e) => (500, render_error_html(&format!("{e:#}"))),
             };
+            if let Some(summary) = cloud_summary(journal_path) {
+                body = body.replace("</body>", &format!("{}</body>", render_cloud_html(&summary)));
+            }
             if ca_cert_path(journal_path).exists() {
                 body = body.replace(
                     "</body>",
@@ -663,6 +666,29 @@ fn serve_connection(
         },
         _ => write_response(stream, 404, TEXT, b"Not Found\n", head_only, &[]),
     }
+}
+
+fn cloud_summary(journal_path: &Path) -> Option<crate::cloud::steps::CloudSummary> {
+    let path = journal_path.parent()?.join(crate::cloud::steps::CLOUD_SUMMARY);
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// The cloud's section of the status page: where to reach it and who can
+/// log in; passwords stay in the box's clouds.yaml.
+pub fn render_cloud_html(s: &crate::cloud::steps::CloudSummary) -> String {
+    let mut out = format!(
+        "<h2>Cloud</h2>\n<p id=\"cloud\">Identity API (Keystone): <code>{}</code>, region <code>{}</code>.<br>\
+         CA certificate SHA-256 fingerprint: <code>{}</code>.<br>Credentials: {}.</p>\n<ul>\n",
+        html_escape(&s.identity_url),
+        html_escape(&s.region),
+        html_escape(&s.ca_fingerprint),
+        html_escape(&s.credentials)
+    );
+    for (user, what) in &s.users {
+        out.push_str(&format!("<li>user <code>{}</code>: {}</li>\n", html_escape(user), html_escape(what)));
+    }
+    out.push_str("</ul>\n");
+    out
 }
 
 /// The box's CA certificate, beside the journal (`/var/lib/ciab/pki/ca.crt`).
@@ -936,6 +962,32 @@ mod tests {
             .contains(&format!("Content-Length: {}\r\n", r.body.len())));
         let back: Journal = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(back, j);
+    }
+
+    #[test]
+    fn offers_the_ca_and_the_cloud_summary_once_they_exist() {
+        let (dir, _j, server) = server_with_sample();
+        let addr = server.local_addr();
+        assert_eq!(get(addr, "/ca.crt").status, 404);
+        let page = String::from_utf8(get(addr, "/").body).unwrap();
+        assert!(!page.contains("ca.crt") && !page.contains("id=\"cloud\""));
+        std::fs::create_dir_all(dir.path().join("pki")).unwrap();
+        std::fs::write(dir.path().join("pki/ca.crt"), "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n").unwrap();
+        let summary = crate::cloud::steps::CloudSummary {
+            identity_url: "https://localhost:8443/identity".into(),
+            region: "RegionOne".into(),
+            ca_fingerprint: "AB:CD".into(),
+            users: vec![("demo".into(), "member of <demo>".into())],
+            credentials: "/root/.config/openstack/clouds.yaml on the box (root only)".into(),
+        };
+        std::fs::write(dir.path().join(crate::cloud::steps::CLOUD_SUMMARY), serde_json::to_vec(&summary).unwrap()).unwrap();
+        let r = get(addr, "/ca.crt");
+        assert_eq!(r.status, 200);
+        assert!(String::from_utf8(r.body).unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+        let page = String::from_utf8(get(addr, "/").body).unwrap();
+        assert!(page.contains("<a href=\"/ca.crt\">ca.crt</a>"), "{page}");
+        assert!(page.contains("<code>https://localhost:8443/identity</code>") && page.contains("<code>AB:CD</code>"), "{page}");
+        assert!(page.contains("member of &lt;demo&gt;"), "escaped: {page}");
     }
 
     #[test]

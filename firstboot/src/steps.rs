@@ -76,6 +76,7 @@ pub fn all() -> Vec<Box<dyn Step<Ctx>>> {
         Box::new(crate::cloud::steps::PkiStep),
         Box::new(crate::cloud::steps::DatabaseStep),
         Box::new(crate::cloud::steps::KeystoneStep),
+        Box::new(crate::cloud::steps::IdentityStep),
         Box::new(crate::cloud::steps::FrontendStep),
         Box::new(ReadyStep),
     ]
@@ -200,7 +201,7 @@ pub fn secret_names(profile: Profile) -> Vec<&'static str> {
         names.extend([
             "mariadb-root", "rabbitmq-openstack", "keystone-admin", "keystone-db", "glance-db", "glance-service",
             "placement-db", "placement-service", "nova-db", "nova-service", "neutron-db", "neutron-service",
-            "neutron-metadata", "cinder-db", "cinder-service", "horizon-secret-key",
+            "neutron-metadata", "cinder-db", "cinder-service", "horizon-secret-key", "demo-password",
         ]);
     }
     names
@@ -457,6 +458,14 @@ impl Step<Ctx> for RegistryStep {
     }
 }
 
+/// (MemTotal − MemAvailable, MemTotal) in MiB from /proc/meminfo: what the
+/// system and the services hold, page cache they would give back excluded.
+pub fn memory_in_use(meminfo: &str) -> Option<(u64, u64)> {
+    let kib = |key: &str| -> Option<u64> { meminfo.lines().find_map(|l| l.strip_prefix(key))?.split_whitespace().next()?.parse().ok() };
+    let (total, available) = (kib("MemTotal:")?, kib("MemAvailable:")?);
+    Some((total.saturating_sub(available) / 1024, total / 1024))
+}
+
 struct ReadyStep;
 
 impl Step<Ctx> for ReadyStep {
@@ -467,7 +476,7 @@ impl Step<Ctx> for ReadyStep {
         "finish"
     }
     fn depends_on(&self) -> &'static [&'static str] {
-        &["secrets", "storage", "network", "system", "registry", "frontend"]
+        &["secrets", "storage", "network", "system", "registry", "identity", "frontend"]
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         Ok(ctx.state_dir.join(DONE_STAMP).exists())
@@ -483,11 +492,14 @@ impl Step<Ctx> for ReadyStep {
         }
         if ctx.plan()?.profile.has_cloud() && ctx.root.join(crate::cloud::database::SCHEMAS_DIR).is_dir() {
             let e = crate::cloud::steps::endpoints(ctx)?;
-            println!("ciab-firstboot: summary: cloud {} (admin credentials in /root/.config/openstack/clouds.yaml)", e.public("identity"));
+            println!("ciab-firstboot: summary: cloud {} (credentials in /root/.config/openstack/clouds.yaml)", e.public("identity"));
             for a in &addrs {
                 let ip = a.split('/').next().unwrap_or(a);
                 println!("ciab-firstboot: summary: CA certificate http://{ip}:8080/ca.crt");
             }
+        }
+        if let Some((used, total)) = memory_in_use(&std::fs::read_to_string(ctx.root.join("proc/meminfo")).unwrap_or_default()) {
+            println!("ciab-firstboot: summary: memory in use {used} MiB of {total} MiB (MemTotal − MemAvailable)");
         }
         println!("ciab-firstboot: summary: per-box secrets in {} (root only)", ctx.state_dir.join("secrets").display());
         crate::atomic::write_atomic(&ctx.state_dir.join(DONE_STAMP), b"")
@@ -520,7 +532,7 @@ mod tests {
                 assert!(at < i, "{} depends on {d}, which is not earlier", s.name());
             }
         }
-        assert_eq!(names, ["discover", "site-config", "plan", "secrets", "storage", "network", "system", "registry", "pki", "database", "keystone", "frontend", "ready"]);
+        assert_eq!(names, ["discover", "site-config", "plan", "secrets", "storage", "network", "system", "registry", "pki", "database", "keystone", "identity", "frontend", "ready"]);
     }
 
     #[test]
@@ -551,6 +563,13 @@ mod tests {
         ctx.site = Some(SiteConfig::parse("site.toml", "time_zone = \"Mars/Olympus\"\n").unwrap());
         let err = format!("{:#}", step.apply(&mut ctx).unwrap_err());
         assert!(err.contains("time zone Mars/Olympus is not installed"), "{err}");
+    }
+
+    #[test]
+    fn memory_in_use_excludes_reclaimable_memory() {
+        let m = "MemTotal:       12245676 kB\nMemFree:         8000000 kB\nMemAvailable:   10197676 kB\n";
+        assert_eq!(memory_in_use(m), Some((2000, 11958)));
+        assert_eq!(memory_in_use("MemTotal: 1 kB\n"), None);
     }
 
     #[test]

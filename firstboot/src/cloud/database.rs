@@ -87,6 +87,21 @@ pub fn run_sql(state_dir: &Path, database: Option<&str>, sql: &str) -> Result<()
     result
 }
 
+/// Waits until the server's socket accepts connections: "active" is not
+/// enough (a server started through socket activation listens elsewhere).
+pub fn wait_socket(timeout: std::time::Duration) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        if std::os::unix::net::UnixStream::connect(SOCKET).is_ok() {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("MariaDB does not accept connections on {SOCKET} after {} s\n{}", timeout.as_secs(), super::service::journal_tail("mariadb"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
 /// `mariadb [database] -e "source FILE"` as root over the socket.
 pub fn source(database: Option<&str>, file: &Path) -> Result<()> {
     let mut cmd = crate::exec::Cmd::new("mariadb").package("mariadb-client").args(["--protocol=socket", &format!("--socket={SOCKET}"), "-uroot"]);

@@ -56,13 +56,30 @@ pub fn bootstrap_args(endpoints: &Endpoints) -> Vec<String> {
     ]
 }
 
-/// The admin's clouds.yaml for root: the public endpoint through the front
+/// A cloud in root's clouds.yaml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudEntry {
+    pub name: String,
+    pub user: String,
+    pub password: String,
+    pub project: String,
+}
+
+/// root's clouds.yaml: every cloud through the public endpoint of the front
 /// end, trusting the box's CA.
-pub fn admin_clouds_yaml(endpoints: &Endpoints, password: &str, ca_cert: &str) -> String {
-    format!(
-        "# Written by ciab-firstboot: this box's admin credentials. Keep it private.\nclouds:\n  admin:\n    auth:\n      auth_url: {}\n      username: admin\n      password: {password}\n      project_name: admin\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: {REGION}\n    interface: public\n    identity_api_version: 3\n    cacert: {ca_cert}\n",
-        endpoints.public("identity")
-    )
+pub fn clouds_yaml(endpoints: &Endpoints, clouds: &[CloudEntry], ca_cert: &str) -> String {
+    let mut out = String::from("# Written by ciab-firstboot: this box's credentials. Keep it private (mode 0600).\nclouds:\n");
+    for c in clouds {
+        out.push_str(&format!(
+            "  {}:\n    auth:\n      auth_url: {}\n      username: {}\n      password: {}\n      project_name: {}\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: {REGION}\n    interface: public\n    identity_api_version: 3\n    cacert: {ca_cert}\n",
+            c.name,
+            endpoints.public("identity"),
+            c.user,
+            c.password,
+            c.project
+        ));
+    }
+    out
 }
 
 /// The uwsgi settings of an OpenStack API, replacing Debian's defaults (8
@@ -139,9 +156,11 @@ enable_proxy_headers_parsing = true
 
     #[test]
     fn clouds_yaml_uses_the_public_endpoint_and_the_ca() {
-        let y = admin_clouds_yaml(&endpoints(), "s3cret", "/var/lib/ciab/pki/ca.crt");
-        assert!(y.contains("auth_url: https://cloud.example.org:8443/identity\n"), "{y}");
-        assert!(y.contains("cacert: /var/lib/ciab/pki/ca.crt\n"));
-        assert!(y.contains("password: s3cret\n"));
+        let entry = |name: &str| CloudEntry { name: name.into(), user: name.into(), password: format!("{name}-pw"), project: name.into() };
+        let y = clouds_yaml(&endpoints(), &[entry("admin"), entry("demo")], "/var/lib/ciab/pki/ca.crt");
+        assert_eq!(y.matches("auth_url: https://cloud.example.org:8443/identity\n").count(), 2, "{y}");
+        assert!(y.contains("\n  admin:\n    auth:\n"), "{y}");
+        assert!(y.contains("\n  demo:\n    auth:\n      auth_url: https://cloud.example.org:8443/identity\n      username: demo\n      password: demo-pw\n      project_name: demo\n"), "{y}");
+        assert_eq!(y.matches("cacert: /var/lib/ciab/pki/ca.crt\n").count(), 2);
     }
 }

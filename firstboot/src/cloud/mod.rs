@@ -5,6 +5,8 @@
 pub mod ini;
 pub mod keys;
 pub mod pki;
+pub mod rest;
+pub mod identity;
 pub mod service;
 pub mod steps;
 pub mod database;

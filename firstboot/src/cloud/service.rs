@@ -35,6 +35,23 @@ pub fn journal_tail(unit: &str) -> String {
     format!("last lines of {unit}'s journal:\n{}", out.trim_end())
 }
 
+/// The last `n` lines of a log file, for errors of tools that log there.
+pub fn file_tail(path: &std::path::Path, n: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            format!("last lines of {}:\n{}", path.display(), lines[lines.len().saturating_sub(n)..].join("\n"))
+        }
+        Err(e) => format!("({}: {e})", path.display()),
+    }
+}
+
+/// A drop-in ordering a service after the mounts of its data: the volumes
+/// are `nofail` mounts boot does not wait for.
+pub fn requires_mounts_dropin(paths: &[&str]) -> String {
+    format!("# Written by ciab-firstboot.\n[Unit]\nRequiresMountsFor={}\n", paths.join(" "))
+}
+
 /// The HTTP status `url` answers with (curl, trusting `ca` for https), or
 /// `None` when nothing answers.
 pub fn http_status(url: &str, ca: Option<&str>) -> Option<u16> {
@@ -59,5 +76,18 @@ pub fn wait_http(url: &str, ca: Option<&str>, unit: &str, timeout: Duration) -> 
             bail!("{unit} failed while {url} was awaited\n{}", journal_tail(unit));
         }
         std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tails_and_dropins() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("x.log");
+        std::fs::write(&log, "a\nb\nc\n").unwrap();
+        assert!(super::file_tail(&log, 2).ends_with(":\nb\nc"));
+        assert!(super::file_tail(&dir.path().join("none"), 2).starts_with("("));
+        assert_eq!(super::requires_mounts_dropin(&["/var/lib/mysql"]), "# Written by ciab-firstboot.\n[Unit]\nRequiresMountsFor=/var/lib/mysql\n");
     }
 }

@@ -156,8 +156,12 @@ impl Step<Ctx> for DatabaseStep {
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let cp = ctx.plan()?.control_plane.context("a cloud profile's plan has a control plane")?;
         crate::atomic::write_atomic(&ctx.root.join(database::SERVER_CNF), database::server_cnf(&cp).render().as_bytes())?;
+        // The volume is a `nofail` mount that boot does not wait for: without
+        // this a later boot starts MariaDB on the empty mount point.
+        write_dropin(&ctx.root, "mariadb.service", &service::requires_mounts_dropin(&["/var/lib/mysql"]))?;
         Self::prepare_datadir(&ctx.root)?;
         service::start(&["mariadb"], false)?;
+        database::wait_socket(Duration::from_secs(120))?;
         let mut loaded = 0;
         for account in database::ACCOUNTS {
             for (db, schema) in account.databases {
@@ -182,9 +186,15 @@ impl Step<Ctx> for DatabaseStep {
 
 pub struct KeystoneStep;
 
+/// Writes ciab's drop-in for `unit` (`/etc/systemd/system/<unit>.d/ciab.conf`).
+fn write_dropin(root: &Path, unit: &str, text: &str) -> Result<()> {
+    let path = root.join(format!("etc/systemd/system/{unit}.d/ciab.conf"));
+    std::fs::create_dir_all(path.parent().context("parent")?)?;
+    crate::atomic::write_atomic(&path, text.as_bytes())
+}
+
 const KEYSTONE_UWSGI: &str = "etc/ciab/uwsgi/keystone.ini";
-const KEYSTONE_DROPIN: &str = "etc/systemd/system/keystone.service.d/ciab.conf";
-const ADMIN_CLOUDS: &str = "root/.config/openstack/clouds.yaml";
+const CLOUDS_YAML: &str = "root/.config/openstack/clouds.yaml";
 
 impl Step<Ctx> for KeystoneStep {
     fn name(&self) -> &'static str {
@@ -213,12 +223,15 @@ impl Step<Ctx> for KeystoneStep {
         keys::ensure_repository(&root.join(keystone::FERNET_KEYS), user)?;
         keys::ensure_repository(&root.join(keystone::CREDENTIAL_KEYS), user)?;
         let ini = keystone::uwsgi_ini("keystone-api", keystone::BIND, "/usr/bin/keystone-wsgi-public", "keystone", cp.workers.keystone)?;
-        for (rel, text) in [(KEYSTONE_UWSGI, ini), (KEYSTONE_DROPIN, keystone::uwsgi_dropin(&format!("/{KEYSTONE_UWSGI}")))] {
-            let path = root.join(rel);
-            std::fs::create_dir_all(path.parent().context("parent")?)?;
-            crate::atomic::write_atomic(&path, text.as_bytes())?;
-        }
+        let path = root.join(KEYSTONE_UWSGI);
+        std::fs::create_dir_all(path.parent().context("parent")?)?;
+        crate::atomic::write_atomic(&path, ini.as_bytes())?;
+        write_dropin(&root, "keystone.service", &keystone::uwsgi_dropin(&format!("/{KEYSTONE_UWSGI}")))?;
         crate::exec::Cmd::new("systemctl").args(["daemon-reload"]).run()?;
+        // After a power cut this step may run before boot has brought the
+        // database back: wait for it rather than let oslo.db retry for minutes.
+        service::start(&["mariadb"], false)?;
+        database::wait_socket(Duration::from_secs(120))?;
         // The API starts (minutes of Python under emulation) while bootstrap
         // writes the admin user and catalog straight into the database.
         let started = std::time::Instant::now();
@@ -231,17 +244,80 @@ impl Step<Ctx> for KeystoneStep {
             .args(keystone::bootstrap_args(&endpoints))
             .secret_env("OS_BOOTSTRAP_PASSWORD", &password)
             .run()
-            .context("keystone-manage bootstrap")?;
+            // keystone-manage reports to its log file, not to stderr.
+            .with_context(|| format!("keystone-manage bootstrap\n{}", service::file_tail(&root.join("var/log/keystone/keystone-manage.log"), 12)))?;
         println!("ciab-firstboot: keystone: bootstrap done in {:.0} s", t0.elapsed().as_secs_f64());
         service::wait_http(&format!("http://{}/v3", keystone::BIND), None, "keystone", API_TIMEOUT)?;
         println!("ciab-firstboot: keystone: API answers, {:.0} s after its start", started.elapsed().as_secs_f64());
-        let clouds = root.join(ADMIN_CLOUDS);
-        std::fs::create_dir_all(clouds.parent().context("parent")?)?;
-        let ca = pki_of(ctx).ca_cert().display().to_string();
-        crate::atomic::write_atomic_mode(&clouds, keystone::admin_clouds_yaml(&endpoints, &password, &ca).as_bytes(), 0o600)?;
         set_stamp(ctx, "keystone")
     }
 }
+
+/// The non-admin project and its member user, for people using the cloud.
+pub const MEMBER_PROJECT: &str = "demo";
+pub const MEMBER_USER: &str = "demo";
+/// Where the services' own users live.
+pub const SERVICE_PROJECT: &str = "service";
+
+/// What the status page shows about the cloud: names and places, no secret.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CloudSummary {
+    pub identity_url: String,
+    pub region: String,
+    pub ca_fingerprint: String,
+    pub users: Vec<(String, String)>,
+    pub credentials: String,
+}
+
+/// Projects, users and roles through Keystone's API, and root's clouds.yaml.
+pub struct IdentityStep;
+
+impl Step<Ctx> for IdentityStep {
+    fn name(&self) -> &'static str {
+        "identity"
+    }
+    fn title(&self) -> &'static str {
+        "create the projects and users"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["keystone"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(!has_cloud(ctx)? || (stamp(ctx, "identity").exists() && ctx.root.join(CLOUDS_YAML).exists()))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let admin_pw = secret(ctx, "keystone-admin")?;
+        let member_pw = secret(ctx, "demo-password")?;
+        let keystone = super::identity::Identity::login(keystone::BIND, "admin", &admin_pw, "admin")?;
+        keystone.ensure_project(SERVICE_PROJECT, "The cloud's own services")?;
+        let project = keystone.ensure_project(MEMBER_PROJECT, "A project for trying the cloud out")?;
+        let user = keystone.ensure_user(MEMBER_USER, &member_pw, &project)?;
+        let member = keystone.ensure_role("member")?;
+        keystone.grant(&project, &user, &member)?;
+        let endpoints = endpoints(ctx)?;
+        let pki = pki_of(ctx);
+        let clouds = [
+            keystone::CloudEntry { name: "admin".into(), user: "admin".into(), password: admin_pw, project: "admin".into() },
+            keystone::CloudEntry { name: MEMBER_PROJECT.into(), user: MEMBER_USER.into(), password: member_pw, project: MEMBER_PROJECT.into() },
+        ];
+        let path = ctx.root.join(CLOUDS_YAML);
+        std::fs::create_dir_all(path.parent().context("parent")?)?;
+        crate::atomic::write_atomic_mode(&path, keystone::clouds_yaml(&endpoints, &clouds, &pki.ca_cert().display().to_string()).as_bytes(), 0o600)?;
+        let summary = CloudSummary {
+            identity_url: endpoints.public("identity"),
+            region: keystone::REGION.into(),
+            ca_fingerprint: fingerprint(&std::fs::read_to_string(pki.ca_cert())?)?,
+            users: vec![("admin".into(), "admin".into()), (MEMBER_USER.into(), format!("member of {MEMBER_PROJECT}"))],
+            credentials: format!("/{CLOUDS_YAML} on the box (root only): clouds admin and {MEMBER_PROJECT}"),
+        };
+        crate::atomic::write_atomic(&ctx.state_dir.join(CLOUD_SUMMARY), &serde_json::to_vec_pretty(&summary)?)?;
+        println!("ciab-firstboot: identity: projects {SERVICE_PROJECT} and {MEMBER_PROJECT}, user {MEMBER_USER} (member); credentials in /{CLOUDS_YAML}");
+        set_stamp(ctx, "identity")
+    }
+}
+
+/// The cloud's summary beside the journal, for the status page.
+pub const CLOUD_SUMMARY: &str = "cloud.json";
 
 pub struct FrontendStep;
 
