@@ -87,16 +87,27 @@ pub fn disk_with_image(image: &Path, dir: &Path, size: &str) -> Result<PathBuf> 
     ciab_builder::run::overlay_disk(image, dir, size)
 }
 
-/// `images/tiny.toml` built once per test binary into `target/qemu-tests/out`.
-pub fn tiny() -> Result<PathBuf> {
-    static TINY: OnceLock<PathBuf> = OnceLock::new();
-    if let Some(p) = TINY.get() {
+/// `images/<name>.toml` built once per test binary into `target/qemu-tests/out`.
+fn built_once(cell: &'static OnceLock<PathBuf>, name: &str) -> Result<PathBuf> {
+    if let Some(p) = cell.get() {
         return Ok(p.clone());
     }
-    let opts = options(&repo_root().join("images/tiny.toml"), &work_dir().join("out"), &ciab_builder::cache::default_root())?;
+    let opts = options(&repo_root().join(format!("images/{name}.toml")), &work_dir().join("out"), &ciab_builder::cache::default_root())?;
     let result = build_with(&opts)?;
-    let _ = TINY.set(result.out_dir.clone());
+    let _ = cell.set(result.out_dir.clone());
     Ok(result.out_dir)
+}
+
+/// `images/tiny.toml`: the fast test image.
+pub fn tiny() -> Result<PathBuf> {
+    static TINY: OnceLock<PathBuf> = OnceLock::new();
+    built_once(&TINY, "tiny")
+}
+
+/// `images/eval.toml`: the default image, with the IaaS layer.
+pub fn eval() -> Result<PathBuf> {
+    static EVAL: OnceLock<PathBuf> = OnceLock::new();
+    built_once(&EVAL, "eval")
 }
 
 /// The tiny image with an installer ISO (`formats = ["raw", "iso"]`), the

@@ -2,6 +2,7 @@
 //! QMP, power cut, port forwards, the child killed on drop), helpers that
 //! build the test images once per run, and the benchmark.
 
+pub mod guest_disk;
 pub mod harness;
 pub mod images;
 pub mod oci_fixtures;

@@ -12,14 +12,13 @@ use std::time::Duration;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// A 40 GB disk holding the tiny image: a qcow2 overlay over the built raw,
-/// so the build output stays pristine while the guest writes for real.
-
 /// How the engine numbers step `n` on the console: `[5/9] storage`.
 fn numbered(n: usize, name: &str) -> String {
     format!("[{n}/{}] {name}", ciab_firstboot::steps::all().len())
 }
 
+/// A 40 GB disk holding the tiny image: a qcow2 overlay over the built raw,
+/// so the build output stays pristine while the guest writes for real.
 fn disk_with_image(dir: &Path) -> PathBuf {
     let out = images::tiny().unwrap();
     let raw = ciab_builder::run::resolve_image(&out, true).unwrap();
@@ -37,32 +36,9 @@ fn machine(disk: &Path) -> Machine {
     m
 }
 
-/// The guest's file at `path` inside root-a of `disk`, as it survived the
-/// power cut: the partition is copied out, its ext4 journal replayed by
-/// e2fsck (as the next boot would), then the file read with debugfs.
+/// The guest's file at `path` inside root-a of `disk`, as it survived the power cut.
 fn read_guest_file(disk: &Path, path: &str) -> String {
-    let raw = disk.with_extension("raw");
-    Cmd::new("qemu-img").args(["convert", "-q", "-O", "raw"]).arg(disk).arg(&raw).run().unwrap();
-    let json: serde_json::Value = Cmd::new("sfdisk").arg("--json").arg(&raw).run_json().unwrap();
-    let parts = json["partitiontable"]["partitions"].as_array().unwrap().clone();
-    let root = parts.iter().find(|p| p["name"] == "root-a").unwrap();
-    let (start, size) = (root["start"].as_u64().unwrap() * 512, root["size"].as_u64().unwrap() * 512);
-    let part = disk.with_extension("root.img");
-    Cmd::new("dd")
-        .arg(format!("if={}", raw.display()))
-        .arg(format!("of={}", part.display()))
-        .args(["bs=1M", "conv=sparse", "iflag=skip_bytes,count_bytes", "status=none"])
-        .arg(format!("skip={start}"))
-        .arg(format!("count={size}"))
-        .run()
-        .unwrap();
-    let _ = std::fs::remove_file(&raw);
-    // 0: clean, 1: errors corrected (the journal replay counts as one).
-    let fsck = std::process::Command::new("e2fsck").args(["-fy"]).arg(&part).output().unwrap();
-    assert!(matches!(fsck.status.code(), Some(0 | 1)), "e2fsck: {fsck:?}");
-    let text = Cmd::new("debugfs").args(["-R", &format!("cat {path}")]).arg(&part).run().unwrap();
-    let _ = std::fs::remove_file(&part);
-    text
+    ciab_qemu_tests::guest_disk::read_root_file(disk, path).unwrap()
 }
 
 fn partitions(disk: &Path) -> Vec<serde_json::Value> {
@@ -166,12 +142,7 @@ fn first_boot_claims_the_disk_and_resumes_after_a_power_cut() {
 
 /// A FAT image labelled CIAB-CONFIG holding `site.toml`.
 fn config_disk(dir: &Path, site_toml: &str) -> PathBuf {
-    let img = dir.join("config.img");
-    let _ = std::fs::remove_file(&img);
-    std::fs::write(dir.join("site.toml"), site_toml).unwrap();
-    Cmd::new("mkfs.vfat").args(["-n", "CIAB-CONFIG", "-C"]).arg(&img).arg("8192").run().unwrap();
-    Cmd::new("mcopy").args(["-i"]).arg(&img).arg(dir.join("site.toml")).arg("::/site.toml").run().unwrap();
-    img
+    ciab_builder::run::site_config_disk(dir, site_toml).unwrap()
 }
 
 fn http_get(port: u16, path: &str) -> std::io::Result<String> {
