@@ -70,8 +70,37 @@ fn server_names(ctx: &Ctx) -> Result<pki::ServerNames> {
     Ok(pki::ServerNames::new(&hosts, &addresses(ctx)?))
 }
 
-/// Where the box's CA goes so clients on the box trust it.
+/// Where the box's CA goes so clients on the box trust it: the source
+/// update-ca-certificates reads, and the bundle it writes.
 const LOCAL_TRUST: &str = "usr/local/share/ca-certificates/ciab-box-ca.crt";
+const TRUST_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
+
+/// Is the CA in the box's trust store?
+pub fn is_trusted(root: &Path, ca_pem: &str) -> bool {
+    std::fs::read_to_string(root.join(LOCAL_TRUST)).ok().as_deref() == Some(ca_pem)
+        && std::fs::read_to_string(root.join(TRUST_BUNDLE)).is_ok_and(|b| b.contains(ca_pem.trim()))
+}
+
+/// Adds the CA to the trust store as update-ca-certificates would, without
+/// running it: it rehashes every certificate, ~25 s under TCG. The file
+/// under /usr/local/share keeps the CA in the bundle when a package upgrade
+/// rebuilds it.
+pub fn trust(root: &Path, ca_pem: &str) -> Result<()> {
+    let local = root.join(LOCAL_TRUST);
+    std::fs::create_dir_all(local.parent().context("parent")?)?;
+    crate::atomic::write_atomic(&local, ca_pem.as_bytes())?;
+    let bundle = root.join(TRUST_BUNDLE);
+    let mut text = std::fs::read_to_string(&bundle).unwrap_or_default();
+    if !text.contains(ca_pem.trim()) {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(ca_pem);
+        std::fs::create_dir_all(bundle.parent().context("parent")?)?;
+        crate::atomic::write_atomic(&bundle, text.as_bytes())?;
+    }
+    Ok(())
+}
 
 /// `AA:BB:…`: SHA-256 of the certificate's DER, as browsers show it.
 pub fn fingerprint(pem: &str) -> Result<String> {
@@ -99,7 +128,7 @@ impl Step<Ctx> for PkiStep {
             return Ok(true);
         }
         let pki = pki_of(ctx);
-        let trusted = std::fs::read(ctx.root.join(LOCAL_TRUST)).ok() == std::fs::read(pki.ca_cert()).ok();
+        let trusted = std::fs::read_to_string(pki.ca_cert()).is_ok_and(|ca| is_trusted(&ctx.root, &ca));
         Ok(pki.is_complete(&server_names(ctx)?) && trusted)
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
@@ -107,8 +136,7 @@ impl Step<Ctx> for PkiStep {
         let names = server_names(ctx)?;
         let created = pki.ensure(&ctx.site()?.hostname, &names)?;
         let ca = std::fs::read_to_string(pki.ca_cert())?;
-        crate::atomic::write_atomic(&ctx.root.join(LOCAL_TRUST), ca.as_bytes())?;
-        crate::exec::Cmd::new("update-ca-certificates").package("ca-certificates").run()?;
+        trust(&ctx.root, &ca)?;
         println!("ciab-firstboot: pki: CA {} (SHA-256 {})", if created { "created" } else { "kept" }, fingerprint(&ca)?);
         println!(
             "ciab-firstboot: pki: server certificate for {}",
@@ -322,10 +350,11 @@ pub const CLOUD_SUMMARY: &str = "cloud.json";
 pub struct FrontendStep;
 
 impl FrontendStep {
-    fn answers(ctx: &Ctx) -> Result<bool> {
-        let ca = pki_of(ctx).ca_cert().display().to_string();
+    /// Through the front end, trusting what the box trusts (the pki step put
+    /// the CA into the system bundle curl reads).
+    fn answers() -> bool {
         let url = format!("https://127.0.0.1:{}/identity/v3", frontend::LISTEN_PORT);
-        Ok(matches!(service::http_status(&url, Some(&ca)), Some(200)))
+        matches!(service::http_status(&url, None), Some(200))
     }
 }
 
@@ -340,15 +369,14 @@ impl Step<Ctx> for FrontendStep {
         &["pki", "keystone"]
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!has_cloud(ctx)? || (service::is_active("haproxy") && Self::answers(ctx)?))
+        Ok(!has_cloud(ctx)? || (service::is_active("haproxy") && Self::answers()))
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let pem = pki_of(ctx).server_pem().display().to_string();
         crate::atomic::write_atomic(&ctx.root.join(frontend::CONF), frontend::haproxy_cfg(&pem, frontend::ROUTES).as_bytes())?;
         service::start(&["haproxy"], true)?;
-        let ca = pki_of(ctx).ca_cert().display().to_string();
         let url = format!("https://127.0.0.1:{}/identity/v3", frontend::LISTEN_PORT);
-        service::wait_http(&url, Some(&ca), "haproxy", Duration::from_secs(60))?;
+        service::wait_http(&url, None, "haproxy", Duration::from_secs(60))?;
         let e = endpoints(ctx)?;
         println!("ciab-firstboot: frontend: identity API on {}", e.public("identity"));
         Ok(())
@@ -358,6 +386,44 @@ impl Step<Ctx> for FrontendStep {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ca_joins_the_trust_bundle_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc/ssl/certs")).unwrap();
+        let other = "-----BEGIN CERTIFICATE-----\nOTHER\n-----END CERTIFICATE-----";
+        std::fs::write(root.join(TRUST_BUNDLE), other).unwrap();
+        let ca = "-----BEGIN CERTIFICATE-----\nOURS\n-----END CERTIFICATE-----\n";
+        assert!(!is_trusted(root, ca));
+        trust(root, ca).unwrap();
+        trust(root, ca).unwrap();
+        assert!(is_trusted(root, ca));
+        let bundle = std::fs::read_to_string(root.join(TRUST_BUNDLE)).unwrap();
+        assert_eq!(bundle, format!("{other}\n{ca}"));
+        assert_eq!(std::fs::read_to_string(root.join(LOCAL_TRUST)).unwrap(), ca);
+    }
+
+    /// What clients on the box use: openssl verifies our server certificate
+    /// against the bundle `trust` wrote.
+    #[test]
+    fn openssl_trusts_the_server_through_the_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pki::Pki::new(&dir.path().join("pki"));
+        p.ensure("box", &pki::ServerNames::new(&["box"], &[])).unwrap();
+        let ca = std::fs::read_to_string(p.ca_cert()).unwrap();
+        trust(dir.path(), &ca).unwrap();
+        let chain = std::fs::read_to_string(p.server_cert()).unwrap();
+        let leaf = &chain[..chain.find("-----END CERTIFICATE-----").unwrap() + 26];
+        std::fs::write(dir.path().join("leaf.crt"), leaf).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["verify", "-verify_hostname", "box", "-CAfile"])
+            .arg(dir.path().join(TRUST_BUNDLE))
+            .arg(dir.path().join("leaf.crt"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
 
     #[test]
     fn fingerprint_is_sha256_of_der() {
