@@ -1,9 +1,11 @@
 //! The first-boot steps of DESIGN.md §5, in order:
-//! discover → site-config → plan → secrets → storage → network → ready.
+//! discover → site-config → plan → secrets → storage → network → system →
+//! registry → (the cloud's, in `cloud::steps`: pki → database → keystone →
+//! identity → frontend) → ready.
 //!
 //! Each step keeps what it learned under the state directory (as JSON), so a
 //! run resumed after a power cut picks it up in `check()` instead of redoing
-//! it. The cloud's steps plug in after `network`.
+//! it.
 
 use crate::discover::{self, Hardware};
 use crate::engine::Step;

@@ -1,5 +1,5 @@
 //! The IaaS layer's first-boot steps, after `registry`:
-//! pki → database → keystone → frontend. Each is a no-op on a profile
+//! pki → database → keystone → identity → frontend. Each is a no-op on a profile
 //! without a cloud or an image without OpenStack (no build-time schemas).
 //!
 //! Every `apply()` may be cut by a power loss at any point and re-run: the
