@@ -694,7 +694,7 @@ pub fn render_cloud_html(s: &crate::cloud::steps::CloudSummary) -> String {
 /// The box's CA certificate, beside the journal (`/var/lib/ciab/pki/ca.crt`).
 /// Public by nature: clients need it to trust the cloud's endpoints.
 fn ca_cert_path(journal_path: &Path) -> PathBuf {
-    journal_path.parent().unwrap_or(Path::new("/")).join("pki/ca.crt")
+    crate::cloud::pki::Pki::new(&journal_path.parent().unwrap_or(Path::new("/")).join(crate::cloud::pki::PKI_SUBDIR)).ca_cert()
 }
 
 // ---------------------------------------------------------------------------

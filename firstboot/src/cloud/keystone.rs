@@ -5,7 +5,6 @@
 
 use super::ini::Ini;
 use super::Endpoints;
-use anyhow::Result;
 
 pub const CONF: &str = "etc/keystone/keystone.conf";
 pub const FERNET_KEYS: &str = "etc/keystone/fernet-keys";
@@ -84,10 +83,10 @@ pub fn clouds_yaml(endpoints: &Endpoints, clouds: &[CloudEntry], ca_cert: &str) 
 
 /// The uwsgi settings of an OpenStack API, replacing Debian's defaults (8
 /// processes × 32 threads with lazy-apps: ~12 minutes to answer under TCG).
-pub fn uwsgi_ini(name: &str, bind: &str, wsgi_file: &str, user: &str, processes: u32) -> Result<String> {
-    Ok(format!(
+pub fn uwsgi_ini(name: &str, bind: &str, wsgi_file: &str, user: &str, processes: u32) -> String {
+    format!(
         "# Written by ciab-firstboot from the sizing plan.\n[uwsgi]\nhttp-socket = {bind}\nprocesses = {processes}\nthreads = 1\nmaster = true\nlazy-apps = false\nplugins = python3\nwsgi-file = {wsgi_file}\nname = {name}\nuid = {user}\ngid = {user}\nchdir = /var/lib/{user}\nbuffer-size = 65535\nrem-header = Content-Length\nthunder-lock = true\nno-orphans = true\ndie-on-term = true\nclose-on-exec = true\nclose-on-exec2 = true\nenable-threads = true\nlisten = 100\nlogto = /var/log/{user}/{name}.log\n"
-    ))
+    )
 }
 
 /// A drop-in that runs the API from [`uwsgi_ini`] instead of Debian's init
@@ -148,7 +147,7 @@ enable_proxy_headers_parsing = true
 
     #[test]
     fn uwsgi_runs_the_plans_process_count_on_loopback() {
-        let ini = uwsgi_ini("keystone-api", BIND, "/usr/bin/keystone-wsgi-public", "keystone", 2).unwrap();
+        let ini = uwsgi_ini("keystone-api", BIND, "/usr/bin/keystone-wsgi-public", "keystone", 2);
         assert!(ini.contains("\nhttp-socket = 127.0.0.1:5000\nprocesses = 2\nthreads = 1\n"), "{ini}");
         assert!(ini.contains("\nlazy-apps = false\n"));
         assert!(uwsgi_dropin("/etc/ciab/uwsgi/keystone.ini").contains("\nExecStart=\nExecStart=/usr/bin/uwsgi_python3 --ini /etc/ciab/uwsgi/keystone.ini\n"));

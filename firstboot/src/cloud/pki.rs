@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-/// Where the box keeps its CA and certificates.
-pub const PKI_DIR: &str = "/var/lib/ciab/pki";
+/// Where the box keeps its CA and certificates, under the state directory
+/// (`/var/lib/ciab/pki`).
+pub const PKI_SUBDIR: &str = "pki";
 
 /// The files of [`PKI_DIR`].
 #[derive(Debug, Clone)]

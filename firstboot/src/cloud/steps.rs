@@ -40,7 +40,7 @@ fn secret(ctx: &Ctx, name: &str) -> Result<String> {
 }
 
 fn pki_of(ctx: &Ctx) -> pki::Pki {
-    pki::Pki::new(&ctx.state_dir.join("pki"))
+    pki::Pki::new(&ctx.state_dir.join(pki::PKI_SUBDIR))
 }
 
 /// The management addresses (without prefix length).
@@ -250,7 +250,7 @@ impl Step<Ctx> for KeystoneStep {
         keys::chown(&conf, (0, user.1))?;
         keys::ensure_repository(&root.join(keystone::FERNET_KEYS), user)?;
         keys::ensure_repository(&root.join(keystone::CREDENTIAL_KEYS), user)?;
-        let ini = keystone::uwsgi_ini("keystone-api", keystone::BIND, "/usr/bin/keystone-wsgi-public", "keystone", cp.workers.keystone)?;
+        let ini = keystone::uwsgi_ini("keystone-api", keystone::BIND, "/usr/bin/keystone-wsgi-public", "keystone", cp.workers.keystone);
         let path = root.join(KEYSTONE_UWSGI);
         std::fs::create_dir_all(path.parent().context("parent")?)?;
         crate::atomic::write_atomic(&path, ini.as_bytes())?;
@@ -353,8 +353,12 @@ impl FrontendStep {
     /// Through the front end, trusting what the box trusts (the pki step put
     /// the CA into the system bundle curl reads).
     fn answers() -> bool {
-        let url = format!("https://127.0.0.1:{}/identity/v3", frontend::LISTEN_PORT);
-        matches!(service::http_status(&url, None), Some(200))
+        matches!(service::http_status(&Self::local_url(), None), Some(200))
+    }
+
+    /// The identity API through the front end, from the box itself.
+    fn local_url() -> String {
+        format!("https://127.0.0.1:{}/identity/v3", frontend::LISTEN_PORT)
     }
 }
 
@@ -375,8 +379,7 @@ impl Step<Ctx> for FrontendStep {
         let pem = pki_of(ctx).server_pem().display().to_string();
         crate::atomic::write_atomic(&ctx.root.join(frontend::CONF), frontend::haproxy_cfg(&pem, frontend::ROUTES).as_bytes())?;
         service::start(&["haproxy"], true)?;
-        let url = format!("https://127.0.0.1:{}/identity/v3", frontend::LISTEN_PORT);
-        service::wait_http(&url, None, "haproxy", Duration::from_secs(60))?;
+        service::wait_http(&Self::local_url(), None, "haproxy", Duration::from_secs(60))?;
         let e = endpoints(ctx)?;
         println!("ciab-firstboot: frontend: identity API on {}", e.public("identity"));
         Ok(())
