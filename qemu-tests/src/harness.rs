@@ -344,6 +344,26 @@ impl SerialState {
         }
     }
 
+    /// The first line at or after the cursor containing `needle`, moving
+    /// the cursor past it; with `partial_matches` the unterminated last line
+    /// counts too (prompts never get their newline).
+    fn take_match(&mut self, needle: &str, partial_matches: bool) -> Option<String> {
+        let from = self.cursor.min(self.lines.len());
+        if let Some(i) = self.lines[from..].iter().position(|l| l.contains(needle)) {
+            self.cursor = from + i + 1;
+            return Some(self.lines[from + i].clone());
+        }
+        if partial_matches && self.cursor <= self.lines.len() && !self.partial.is_empty() {
+            let p = clean_line(&self.partial);
+            if p.contains(needle) {
+                // Skip this line when it gets its newline.
+                self.cursor = self.lines.len() + 1;
+                return Some(p);
+            }
+        }
+        None
+    }
+
     fn tail(&self, n: usize) -> Vec<String> {
         let mut v: Vec<String> = self.lines[self.lines.len().saturating_sub(n)..].to_vec();
         if !self.partial.is_empty() {
@@ -688,6 +708,17 @@ impl Vm {
     /// matches too. On failure the error has the last 40 lines and QEMU's
     /// state (exit status and stderr if it exited).
     pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> Result<String> {
+        self.wait_for(needle, timeout, true)
+    }
+
+    /// Like [`Vm::wait_for_line`], but only a line that has its newline
+    /// matches: for a needle that is a prefix of lines the caller then
+    /// inspects (`"first boot "` matched `"first boot com"` mid-write once).
+    pub fn wait_for_whole_line(&self, needle: &str, timeout: Duration) -> Result<String> {
+        self.wait_for(needle, timeout, false)
+    }
+
+    fn wait_for(&self, needle: &str, timeout: Duration, partial_matches: bool) -> Result<String> {
         const KERNEL_PANIC: &str = "Kernel panic - not syncing";
         let deadline = Instant::now() + timeout;
         let mut exited_at: Option<Instant> = None;
@@ -695,18 +726,8 @@ impl Vm {
             {
                 let mut st = self.serial.lock();
                 let from = st.cursor.min(st.lines.len());
-                if let Some(i) = st.lines[from..].iter().position(|l| l.contains(needle)) {
-                    let idx = from + i;
-                    st.cursor = idx + 1;
-                    return Ok(st.lines[idx].clone());
-                }
-                if st.cursor <= st.lines.len() && !st.partial.is_empty() {
-                    let p = clean_line(&st.partial);
-                    if p.contains(needle) {
-                        // Skip this line when it gets its newline.
-                        st.cursor = st.lines.len() + 1;
-                        return Ok(p);
-                    }
+                if let Some(line) = st.take_match(needle, partial_matches) {
+                    return Ok(line);
                 }
                 let now = Instant::now();
                 if now >= deadline {
@@ -898,6 +919,22 @@ mod tests {
         s.push_bytes(b"o\r\nlogin: ");
         assert_eq!(s.lines, vec!["one", "two"]);
         assert_eq!(s.tail(2), vec!["two", "login:  [no newline yet]"]);
+    }
+
+    #[test]
+    fn whole_line_matching_waits_for_the_newline() {
+        let mut s = SerialState::default();
+        s.push_bytes(b"boot\r\nciab: first boot com");
+        assert_eq!(s.take_match("first boot ", false), None);
+        s.push_bytes(b"plete\r\n");
+        assert_eq!(s.take_match("first boot ", false).as_deref(), Some("ciab: first boot complete"));
+        assert_eq!(s.take_match("first boot ", false), None, "the cursor moved past the match");
+
+        s.push_bytes(b"box login: ");
+        assert_eq!(s.take_match("login:", true).as_deref(), Some("box login: "));
+        s.push_bytes(b"\r\nnext\r\n");
+        assert_eq!(s.take_match("login:", true), None, "the prompt, once matched, is skipped when it ends");
+        assert_eq!(s.take_match("next", false).as_deref(), Some("next"));
     }
 
     #[test]
