@@ -13,15 +13,29 @@ pub const SECRETS_DIR: &str = "/var/lib/ciab/secrets";
 /// Bytes of entropy per secret.
 const SECRET_BYTES: usize = 32;
 
+/// `N` bytes from the kernel's CSPRNG.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut buf = [0u8; N];
+    let mut filled = 0;
+    while filled < N {
+        filled += rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()).context("getrandom")?;
+    }
+    Ok(buf)
+}
+
 /// A fresh secret: 32 random bytes as 64 hex characters (safe in every
 /// config-file syntax the services use).
 pub fn generate() -> Result<String> {
-    let mut buf = [0u8; SECRET_BYTES];
-    let mut filled = 0;
-    while filled < buf.len() {
-        filled += rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()).context("getrandom")?;
-    }
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(random_bytes::<SECRET_BYTES>()?.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A random (version 4) UUID in its canonical text form.
+pub fn uuid4() -> Result<String> {
+    let mut b = random_bytes::<16>()?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
 }
 
 /// Is `name` present, non-empty, mode 0600 and owned by root?
@@ -86,5 +100,15 @@ mod tests {
         assert_eq!(fs::read_to_string(d.join("mariadb-root")).unwrap(), a, "existing secrets are kept");
         assert!(complete(&d, &names));
         assert!(ensure(&d, &["../x"]).is_err());
+    }
+
+    #[test]
+    fn uuids_are_version_4() {
+        let u = uuid4().unwrap();
+        assert_eq!(u.len(), 36);
+        assert_eq!(u.split('-').map(str::len).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
+        assert_eq!(&u[14..15], "4");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"), "{u}");
+        assert_ne!(u, uuid4().unwrap());
     }
 }

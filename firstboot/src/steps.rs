@@ -1,7 +1,8 @@
 //! The first-boot steps of DESIGN.md §5, in order:
 //! discover → site-config → plan → secrets → storage → network → system →
-//! registry → (the cloud's, in `cloud::steps`: pki → database → keystone →
-//! identity → frontend) → ready.
+//! registry → (the cloud's, in `cloud::steps` and `cloud::service_steps`:
+//! pki → database → messaging → keystone → identity → glance → placement →
+//! nova → frontend → apis) → ready.
 //!
 //! Each step keeps what it learned under the state directory (as JSON), so a
 //! run resumed after a power cut picks it up in `check()` instead of redoing
@@ -77,9 +78,14 @@ pub fn all() -> Vec<Box<dyn Step<Ctx>>> {
         Box::new(RegistryStep),
         Box::new(crate::cloud::steps::PkiStep),
         Box::new(crate::cloud::steps::DatabaseStep),
+        Box::new(crate::cloud::service_steps::MessagingStep),
         Box::new(crate::cloud::steps::KeystoneStep),
         Box::new(crate::cloud::steps::IdentityStep),
-        Box::new(crate::cloud::steps::FrontendStep),
+        Box::new(crate::cloud::service_steps::GlanceStep),
+        Box::new(crate::cloud::service_steps::PlacementStep),
+        Box::new(crate::cloud::service_steps::NovaStep),
+        Box::new(crate::cloud::service_steps::FrontendStep),
+        Box::new(crate::cloud::service_steps::ApisStep),
         Box::new(ReadyStep),
     ]
 }
@@ -478,7 +484,7 @@ impl Step<Ctx> for ReadyStep {
         "finish"
     }
     fn depends_on(&self) -> &'static [&'static str] {
-        &["secrets", "storage", "network", "system", "registry", "identity", "frontend"]
+        &["secrets", "storage", "network", "system", "registry", "identity", "apis"]
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         Ok(ctx.state_dir.join(DONE_STAMP).exists())
@@ -534,7 +540,7 @@ mod tests {
                 assert!(at < i, "{} depends on {d}, which is not earlier", s.name());
             }
         }
-        assert_eq!(names, ["discover", "site-config", "plan", "secrets", "storage", "network", "system", "registry", "pki", "database", "keystone", "identity", "frontend", "ready"]);
+        assert_eq!(names, ["discover", "site-config", "plan", "secrets", "storage", "network", "system", "registry", "pki", "database", "messaging", "keystone", "identity", "glance", "placement", "nova", "frontend", "apis", "ready"]);
     }
 
     #[test]

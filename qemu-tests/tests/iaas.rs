@@ -39,12 +39,18 @@ fn step_number(name: &str) -> usize {
     ciab_firstboot::steps::all().iter().position(|s| s.name() == name).expect("a step of that name") + 1
 }
 
-/// `curl` from the host; returns (status, headers, body).
+/// `curl` from the host; returns (status, headers, body); an `-o FILE` in
+/// `args` takes the body instead.
 fn curl(args: &[&str]) -> (u16, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let headers = dir.path().join("headers");
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "60", "-o", "-", "-D"])
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "60"]);
+    if !args.contains(&"-o") {
+        cmd.args(["-o", "-"]);
+    }
+    let out = cmd
+        .arg("-D")
         .arg(&headers)
         .args(["-w", "\n%{http_code}"])
         .args(args)
@@ -106,6 +112,13 @@ fn eval_serves_keystone_through_the_tls_front_end_and_survives_power_cuts() {
     assert!(!has("database: keystone loaded"), "no schema is loaded twice: {lines:#?}");
     assert!(has("frontend: identity API on https://localhost:"), "{lines:#?}");
     assert!(has("identity: projects service and demo, user demo (member)"), "{lines:#?}");
+    assert!(has("identity: catalog: identity, image, placement, compute"), "{lines:#?}");
+    assert!(has("nova: nova-api, nova-conductor, nova-scheduler, nova-compute starting; libvirt virt_type="), "{lines:#?}");
+    assert!(has("apis: nova-conductor, nova-scheduler and nova-compute up, the hypervisor mapped"), "{lines:#?}");
+    for api in ["identity", "image", "placement", "compute"] {
+        assert!(has(&format!("apis: {api} answers through the front end")), "{api}: {lines:#?}");
+    }
+    assert!(has("apis: RabbitMQ takes the services' login and refuses guest"), "{lines:#?}");
 
     // The status page offers the CA the console announced.
     let ca = dir.join("ca.crt");
@@ -157,6 +170,57 @@ fn eval_serves_keystone_through_the_tls_front_end_and_survives_power_cuts() {
     let public = identity["endpoints"].as_array().unwrap().iter().find(|e| e["interface"] == "public").unwrap();
     assert_eq!(public["url"], format!("https://localhost:{https}/identity"));
     assert_eq!(public["region_id"], "RegionOne");
+    for (kind, prefix) in [("image", "image"), ("placement", "placement"), ("compute", "compute/v2.1")] {
+        let service = catalog.iter().find(|s| s["type"] == kind).unwrap_or_else(|| panic!("{kind} in the catalog: {catalog:#?}"));
+        let urls: Vec<(&str, &str)> = service["endpoints"].as_array().unwrap().iter().map(|e| (e["interface"].as_str().unwrap(), e["url"].as_str().unwrap())).collect();
+        assert!(urls.contains(&("public", &format!("https://localhost:{https}/{prefix}"))), "{kind}: {urls:?}");
+        assert!(urls.iter().any(|(i, u)| *i == "internal" && u.starts_with("http://127.0.0.1:")), "{kind}: {urls:?}");
+    }
+    let token = headers.lines().find_map(|l| l.strip_prefix("x-subject-token: ").or_else(|| l.strip_prefix("X-Subject-Token: "))).unwrap().trim().to_owned();
+    let api = |method: &str, path: &str, extra: &[&str]| {
+        let url = format!("https://localhost:{https}{path}");
+        let mut args = vec!["--cacert", ca.to_str().unwrap(), "-X", method, "-H"];
+        let auth = format!("X-Auth-Token: {token}");
+        args.push(&auth);
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args)
+    };
+    let (code, _, body) = api("GET", "/compute/v2.1/flavors", &[]);
+    assert_eq!(code, 200, "the member lists flavors: {body}");
+    let (code, _, body) = api("GET", "/placement/", &[]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"versions\""), "{body}");
+    // The member stores an image through the front end (chunked upload
+    // through HAProxy and uwsgi onto the glance volume) and reads it back.
+    let t3 = Instant::now();
+    loop {
+        let (code, _, body) = api("GET", "/image/v2/images", &[]);
+        if code == 200 {
+            break;
+        }
+        assert!(t3.elapsed() < FIRST_BOOT_TIMEOUT, "Glance does not answer after the reboot: {code} {body}");
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let (code, _, body) = api("POST", "/image/v2/images", &["-H", "Content-Type: application/json", "--data", r#"{"name": "ciab-e2e-upload", "disk_format": "raw", "container_format": "bare"}"#]);
+    assert_eq!(code, 201, "{body}");
+    let image: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = image["id"].as_str().unwrap().to_owned();
+    let upload = dir.join("upload.bin");
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&upload, &data).unwrap();
+    let (code, _, body) = api("PUT", &format!("/image/v2/images/{id}/file"), &["-H", "Content-Type: application/octet-stream", "-H", "Transfer-Encoding: chunked", "--data-binary", &format!("@{}", upload.display())]);
+    assert_eq!(code, 204, "{body}");
+    let (code, _, body) = api("GET", &format!("/image/v2/images/{id}"), &[]);
+    assert_eq!(code, 200, "{body}");
+    let image: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((image["status"].as_str(), image["size"].as_u64()), (Some("active"), Some(data.len() as u64)), "{image:#}");
+    let download = dir.join("download.bin");
+    let (code, _, _) = api("GET", &format!("/image/v2/images/{id}/file"), &["-o", download.to_str().unwrap()]);
+    assert_eq!(code, 200);
+    assert!(std::fs::read(&download).unwrap() == data, "the image reads back byte for byte");
+    let (code, _, body) = api("DELETE", &format!("/image/v2/images/{id}"), &[]);
+    assert_eq!(code, 204, "{body}");
     eprintln!(
         "iaas: power-on to the keystone step {:.0} s; resumed boot to ready {:.0} s; third boot to a token {:.0} s",
         reached_keystone.as_secs_f64(),

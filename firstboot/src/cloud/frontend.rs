@@ -3,25 +3,15 @@
 //! so one port — and one port forward for a box behind NAT — serves the whole
 //! catalog.
 
+use super::catalog::Api;
+
 /// HAProxy's configuration file.
 pub const CONF: &str = "etc/haproxy/haproxy.cfg";
 /// The port HAProxy listens on, whatever the advertised port.
 pub const LISTEN_PORT: u16 = 443;
 
-/// A public API behind the front end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
-    /// Path prefix, also the service's name in the catalog URLs (`identity`).
-    pub prefix: &'static str,
-    /// Where the API listens on the box.
-    pub backend: &'static str,
-}
-
-/// The APIs the front end serves now.
-pub const ROUTES: &[Route] = &[Route { prefix: "identity", backend: super::keystone::BIND }];
-
 /// haproxy.cfg for `routes`, with the certificate chain and key in `pem`.
-pub fn haproxy_cfg(pem: &str, routes: &[Route]) -> String {
+pub fn haproxy_cfg(pem: &str, routes: &[Api]) -> String {
     let mut cfg = format!(
         "# Written by ciab-firstboot: the TLS front end of the cloud's APIs.\n\
 global\n    log /dev/log local0 warning\n    maxconn 4096\n    ssl-default-bind-options ssl-min-ver TLSv1.2\n\n\
@@ -35,7 +25,7 @@ frontend public\n    bind :::{LISTEN_PORT} v4v6 ssl crt {pem}\n    http-request 
         cfg.push_str(&format!(
             "\nbackend {p}\n    http-request replace-path /{p}/?(.*) /\\1\n    server {p} {b} check inter 10s\n",
             p = r.prefix,
-            b = r.backend
+            b = r.bind
         ));
     }
     cfg
@@ -47,9 +37,11 @@ mod tests {
 
     #[test]
     fn routes_strip_their_prefix() {
-        let cfg = haproxy_cfg("/var/lib/ciab/pki/server.pem", ROUTES);
+        let cfg = haproxy_cfg("/var/lib/ciab/pki/server.pem", super::super::catalog::APIS);
         assert!(cfg.contains("    bind :::443 v4v6 ssl crt /var/lib/ciab/pki/server.pem\n"), "{cfg}");
         assert!(cfg.contains("    use_backend identity if { path /identity } || { path_beg /identity/ }\n"), "{cfg}");
+        assert!(cfg.contains("    use_backend image if { path /image } || { path_beg /image/ }\n"), "{cfg}");
+        assert!(cfg.contains("\nbackend image\n    http-request replace-path /image/?(.*) /\\1\n    server image 127.0.0.1:9292 check inter 10s\n"), "{cfg}");
         assert!(cfg.contains("\nbackend identity\n    http-request replace-path /identity/?(.*) /\\1\n    server identity 127.0.0.1:5000 check inter 10s\n"), "{cfg}");
     }
 
@@ -64,7 +56,7 @@ mod tests {
         let pki = super::super::pki::Pki::new(dir.path());
         pki.ensure("box", &super::super::pki::ServerNames::new(&["box"], &[])).unwrap();
         let cfg = dir.path().join("haproxy.cfg");
-        std::fs::write(&cfg, haproxy_cfg(&pki.server_pem().display().to_string(), ROUTES)).unwrap();
+        std::fs::write(&cfg, haproxy_cfg(&pki.server_pem().display().to_string(), super::super::catalog::APIS)).unwrap();
         let out = std::process::Command::new("haproxy").arg("-c").arg("-f").arg(&cfg).output().unwrap();
         assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }

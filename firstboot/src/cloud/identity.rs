@@ -23,6 +23,11 @@ impl Identity {
         Ok(Identity { addr: addr.to_owned(), token })
     }
 
+    /// The session's token, for calls to the other APIs.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     fn call(&self, method: &str, path: &str, body: Option<&Value>, what: &str, ok: &[u16]) -> Result<Value> {
         Ok(expect(request(&self.addr, method, path, Some(&self.token), body)?, what, ok)?.body)
     }
@@ -67,5 +72,32 @@ impl Identity {
     /// Grants `role` on `project` to `user` (a no-op when already granted).
     pub fn grant(&self, project: &str, user: &str, role: &str) -> Result<()> {
         self.call("PUT", &format!("/v3/projects/{project}/users/{user}/roles/{role}"), None, "granting a role", &[204]).map(|_| ())
+    }
+
+    /// The catalog's service of type `kind`, created if missing.
+    pub fn ensure_service(&self, kind: &str, name: &str, description: &str) -> Result<String> {
+        if let Some(id) = self.find(&format!("/v3/services?type={kind}"), "services", &format!("looking up the {kind} service"))? {
+            return Ok(id);
+        }
+        let body = json!({"service": {"type": kind, "name": name, "description": description, "enabled": true}});
+        let v = self.call("POST", "/v3/services", Some(&body), &format!("creating the {kind} service"), &[201])?;
+        v["service"]["id"].as_str().map(str::to_owned).context("Keystone returned no service id")
+    }
+
+    /// The service's endpoint on `interface` in `region` at `url`: created
+    /// if missing, its URL corrected if it changed (a new public endpoint in
+    /// site.toml).
+    pub fn ensure_endpoint(&self, service: &str, interface: &str, region: &str, url: &str) -> Result<()> {
+        let what = format!("the {interface} endpoint {url}");
+        let v = self.call("GET", &format!("/v3/endpoints?service_id={service}&interface={interface}&region_id={region}"), None, &format!("looking up {what}"), &[200])?;
+        if let Some(e) = v["endpoints"].as_array().and_then(|a| a.first()) {
+            if e["url"].as_str() != Some(url) {
+                let id = e["id"].as_str().context("Keystone returned an endpoint without id")?;
+                self.call("PATCH", &format!("/v3/endpoints/{id}"), Some(&json!({"endpoint": {"url": url}})), &format!("updating {what}"), &[200])?;
+            }
+            return Ok(());
+        }
+        let body = json!({"endpoint": {"service_id": service, "interface": interface, "region_id": region, "url": url, "enabled": true}});
+        self.call("POST", "/v3/endpoints", Some(&body), &format!("creating {what}"), &[201]).map(|_| ())
     }
 }

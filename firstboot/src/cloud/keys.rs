@@ -14,12 +14,7 @@ use std::path::Path;
 
 /// A new Fernet key as Keystone (and the `cryptography` package) reads it.
 pub fn fernet_key() -> Result<String> {
-    let mut buf = [0u8; 32];
-    let mut filled = 0;
-    while filled < buf.len() {
-        filled += rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()).context("getrandom")?;
-    }
-    Ok(base64::engine::general_purpose::URL_SAFE.encode(buf))
+    Ok(base64::engine::general_purpose::URL_SAFE.encode(crate::secrets::random_bytes::<32>()?))
 }
 
 /// Is `dir` a repository with a staged and a primary key?

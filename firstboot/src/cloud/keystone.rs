@@ -18,11 +18,9 @@ pub const REGION: &str = "RegionOne";
 pub fn conf(db_url: &str, endpoints: &Endpoints, pool: (u32, u32)) -> Ini {
     let mut ini = Ini::new("Written by ciab-firstboot; rewritten on every run of the keystone step.");
     ini.set("DEFAULT", "log_dir", "/var/log/keystone")
-        .set("DEFAULT", "public_endpoint", endpoints.public("identity"))
-        .set("database", "connection", db_url)
-        .set("database", "max_pool_size", pool.0)
-        .set("database", "max_overflow", pool.1)
-        .set("token", "provider", "fernet")
+        .set("DEFAULT", "public_endpoint", endpoints.public("identity"));
+    super::database::oslo_db(&mut ini, "database", db_url, pool);
+    ini.set("token", "provider", "fernet")
         .set("fernet_tokens", "key_repository", format!("/{FERNET_KEYS}/"))
         .set("fernet_receipts", "key_repository", format!("/{FERNET_KEYS}/"))
         .set("credential", "key_repository", format!("/{CREDENTIAL_KEYS}/"))
@@ -55,6 +53,24 @@ pub fn bootstrap_args(endpoints: &Endpoints) -> Vec<String> {
     ]
 }
 
+/// The `[keystone_authtoken]` section every other API validates tokens
+/// with: its service user in project `service`, Keystone on loopback, tokens
+/// cached in memcached, and the public identity URL for clients it turns away.
+pub fn authtoken(ini: &mut Ini, endpoints: &Endpoints, user: &str, password: &str) {
+    const S: &str = "keystone_authtoken";
+    ini.set(S, "www_authenticate_uri", endpoints.public("identity"))
+        .set(S, "auth_url", format!("http://{BIND}"))
+        .set(S, "memcached_servers", super::messaging::MEMCACHED)
+        .set(S, "auth_type", "password")
+        .set(S, "project_domain_name", "Default")
+        .set(S, "user_domain_name", "Default")
+        .set(S, "project_name", "service")
+        .set(S, "username", user)
+        .set(S, "password", password)
+        .set(S, "region_name", REGION)
+        .set(S, "service_token_roles_required", true);
+}
+
 /// A cloud in root's clouds.yaml.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudEntry {
@@ -79,20 +95,6 @@ pub fn clouds_yaml(endpoints: &Endpoints, clouds: &[CloudEntry], ca_cert: &str) 
         ));
     }
     out
-}
-
-/// The uwsgi settings of an OpenStack API, replacing Debian's defaults (8
-/// processes × 32 threads with lazy-apps: ~12 minutes to answer under TCG).
-pub fn uwsgi_ini(name: &str, bind: &str, wsgi_file: &str, user: &str, processes: u32) -> String {
-    format!(
-        "# Written by ciab-firstboot from the sizing plan.\n[uwsgi]\nhttp-socket = {bind}\nprocesses = {processes}\nthreads = 1\nmaster = true\nlazy-apps = false\nplugins = python3\nwsgi-file = {wsgi_file}\nname = {name}\nuid = {user}\ngid = {user}\nchdir = /var/lib/{user}\nbuffer-size = 65535\nrem-header = Content-Length\nthunder-lock = true\nno-orphans = true\ndie-on-term = true\nclose-on-exec = true\nclose-on-exec2 = true\nenable-threads = true\nlisten = 100\nlogto = /var/log/{user}/{name}.log\n"
-    )
-}
-
-/// A drop-in that runs the API from [`uwsgi_ini`] instead of Debian's init
-/// script wrapper.
-pub fn uwsgi_dropin(ini_path: &str) -> String {
-    format!("# Written by ciab-firstboot.\n[Service]\nExecStart=\nExecStart=/usr/bin/uwsgi_python3 --ini {ini_path}\nRestart=on-failure\n")
 }
 
 #[cfg(test)]
@@ -143,14 +145,6 @@ enable_proxy_headers_parsing = true
         assert!(args.contains("--bootstrap-internal-url http://127.0.0.1:5000"), "{args}");
         assert!(args.contains("--bootstrap-region-id RegionOne"));
         assert!(!args.contains("password"), "the password never goes on the command line");
-    }
-
-    #[test]
-    fn uwsgi_runs_the_plans_process_count_on_loopback() {
-        let ini = uwsgi_ini("keystone-api", BIND, "/usr/bin/keystone-wsgi-public", "keystone", 2);
-        assert!(ini.contains("\nhttp-socket = 127.0.0.1:5000\nprocesses = 2\nthreads = 1\n"), "{ini}");
-        assert!(ini.contains("\nlazy-apps = false\n"));
-        assert!(uwsgi_dropin("/etc/ciab/uwsgi/keystone.ini").contains("\nExecStart=\nExecStart=/usr/bin/uwsgi_python3 --ini /etc/ciab/uwsgi/keystone.ini\n"));
     }
 
     #[test]

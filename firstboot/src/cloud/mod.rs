@@ -2,7 +2,15 @@
 //! the site, keys and certificates made on the box, and the services started
 //! in dependency order (DESIGN.md §6).
 
+pub mod amqp;
+pub mod catalog;
+pub mod glance;
 pub mod ini;
+pub mod messaging;
+pub mod nova;
+pub mod placement;
+pub mod service_steps;
+pub mod uwsgi;
 pub mod keys;
 pub mod pki;
 pub mod rest;

@@ -8,21 +8,49 @@ fn systemctl(args: &[&str]) -> Result<String> {
     crate::exec::Cmd::new("systemctl").package("systemd").args(args).run()
 }
 
+/// Unmasks and enables `units` and reloads systemd once, which also picks
+/// up drop-ins written since (each of unmask and enable would reload on its
+/// own: seconds each under TCG).
+fn enable(units: &[&str]) -> Result<()> {
+    let mut args = vec!["unmask", "--quiet", "--no-reload"];
+    args.extend_from_slice(units);
+    systemctl(&args)?;
+    let mut args = vec!["enable", "--quiet", "--no-reload"];
+    args.extend_from_slice(units);
+    systemctl(&args)?;
+    systemctl(&["daemon-reload"]).map(|_| ())
+}
+
 /// Unmasks, enables and (re)starts `units`; a unit that fails to start is
 /// reported with its last journal lines.
 pub fn start(units: &[&str], restart: bool) -> Result<()> {
-    let mut args = vec!["unmask", "--quiet"];
-    args.extend_from_slice(units);
-    systemctl(&args)?;
-    let mut args = vec!["enable", "--quiet"];
-    args.extend_from_slice(units);
-    systemctl(&args)?;
+    enable(units)?;
     for unit in units {
         if let Err(e) = systemctl(&[if restart { "restart" } else { "start" }, unit]) {
             bail!("{unit} did not start: {e:#}\n{}", journal_tail(unit));
         }
     }
     Ok(())
+}
+
+/// Unmasks, enables and restarts `units` without waiting for them to be
+/// up: slow starters (RabbitMQ, a minute under TCG) come up while later
+/// steps run, and a later step waits for what it needs.
+pub fn start_in_background(units: &[&str]) -> Result<()> {
+    enable(units)?;
+    let mut args = vec!["restart", "--no-block"];
+    args.extend_from_slice(units);
+    systemctl(&args).map(|_| ())
+}
+
+/// `active`, `activating`, `failed`, `inactive`, …
+pub fn state(unit: &str) -> String {
+    systemctl(&["show", "-p", "ActiveState", "--value", unit]).map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+/// Started, or on its way up.
+pub fn is_up_or_starting(unit: &str) -> bool {
+    matches!(state(unit).as_str(), "active" | "activating" | "reloading")
 }
 
 pub fn is_active(unit: &str) -> bool {
@@ -49,7 +77,7 @@ pub fn file_tail(path: &std::path::Path, n: usize) -> String {
 /// A drop-in ordering a service after the mounts of its data: the volumes
 /// are `nofail` mounts boot does not wait for.
 pub fn requires_mounts_dropin(paths: &[&str]) -> String {
-    format!("# Written by ciab-firstboot.\n[Unit]\nRequiresMountsFor={}\n", paths.join(" "))
+    format!("[Unit]\nRequiresMountsFor={}\n", paths.join(" "))
 }
 
 /// The HTTP status `url` answers with (curl, trusting `ca` for https), or
@@ -88,6 +116,6 @@ mod tests {
         std::fs::write(&log, "a\nb\nc\n").unwrap();
         assert!(super::file_tail(&log, 2).ends_with(":\nb\nc"));
         assert!(super::file_tail(&dir.path().join("none"), 2).starts_with("("));
-        assert_eq!(super::requires_mounts_dropin(&["/var/lib/mysql"]), "# Written by ciab-firstboot.\n[Unit]\nRequiresMountsFor=/var/lib/mysql\n");
+        assert_eq!(super::requires_mounts_dropin(&["/var/lib/mysql"]), "[Unit]\nRequiresMountsFor=/var/lib/mysql\n");
     }
 }

@@ -1,5 +1,6 @@
-//! The IaaS layer's first-boot steps, after `registry`:
-//! pki → database → keystone → identity → frontend. Each is a no-op on a profile
+//! The IaaS layer's first-boot steps that lay its foundation, after
+//! `registry`: pki → database → (messaging) → keystone → identity; the
+//! services on top are in `service_steps`. Each is a no-op on a profile
 //! without a cloud or an image without OpenStack (no build-time schemas).
 //!
 //! Every `apply()` may be cut by a power loss at any point and re-run: the
@@ -8,6 +9,8 @@
 //! cut), accounts are re-asserted with the same passwords, configuration is
 //! rewritten whole.
 
+use super::catalog::{self, KEYSTONE};
+use super::uwsgi::Uwsgi;
 use super::{database, frontend, keys, keystone, pki, service, Endpoints};
 use crate::engine::Step;
 use crate::steps::{Ctx, NetworkStep};
@@ -18,33 +21,33 @@ use std::time::Duration;
 
 /// How long an OpenStack API may take to answer after its start: Keystone
 /// under TCG with one process answers in about two minutes.
-const API_TIMEOUT: Duration = Duration::from_secs(900);
+pub(super) const API_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Whether this box runs the cloud: a cloud profile on an image that carries it.
-fn has_cloud(ctx: &Ctx) -> Result<bool> {
+pub(super) fn has_cloud(ctx: &Ctx) -> Result<bool> {
     Ok(ctx.plan()?.profile.has_cloud() && ctx.root.join(database::SCHEMAS_DIR).is_dir())
 }
 
-fn stamp(ctx: &Ctx, name: &str) -> PathBuf {
+pub(super) fn stamp(ctx: &Ctx, name: &str) -> PathBuf {
     ctx.state_dir.join("cloud").join(format!("{name}.done"))
 }
 
-fn set_stamp(ctx: &Ctx, name: &str) -> Result<()> {
+pub(super) fn set_stamp(ctx: &Ctx, name: &str) -> Result<()> {
     let path = stamp(ctx, name);
     std::fs::create_dir_all(path.parent().context("stamp path")?)?;
     crate::atomic::write_atomic(&path, b"")
 }
 
-fn secret(ctx: &Ctx, name: &str) -> Result<String> {
+pub(super) fn secret(ctx: &Ctx, name: &str) -> Result<String> {
     crate::secrets::read(&ctx.state_dir.join("secrets"), name)
 }
 
-fn pki_of(ctx: &Ctx) -> pki::Pki {
+pub(super) fn pki_of(ctx: &Ctx) -> pki::Pki {
     pki::Pki::new(&ctx.state_dir.join(pki::PKI_SUBDIR))
 }
 
 /// The management addresses (without prefix length).
-fn addresses(ctx: &Ctx) -> Result<Vec<IpAddr>> {
+pub(super) fn addresses(ctx: &Ctx) -> Result<Vec<IpAddr>> {
     let Some(nic) = NetworkStep::nic(ctx)? else { return Ok(Vec::new()) };
     Ok(crate::network::addresses(&nic)?.iter().filter_map(|a| a.split('/').next()?.parse().ok()).collect())
 }
@@ -215,13 +218,26 @@ impl Step<Ctx> for DatabaseStep {
 pub struct KeystoneStep;
 
 /// Writes ciab's drop-in for `unit` (`/etc/systemd/system/<unit>.d/ciab.conf`).
-fn write_dropin(root: &Path, unit: &str, text: &str) -> Result<()> {
+pub(super) fn write_dropin(root: &Path, unit: &str, sections: &str) -> Result<()> {
     let path = root.join(format!("etc/systemd/system/{unit}.d/ciab.conf"));
     std::fs::create_dir_all(path.parent().context("parent")?)?;
-    crate::atomic::write_atomic(&path, text.as_bytes())
+    crate::atomic::write_atomic(&path, format!("# Written by ciab-firstboot.\n{sections}").as_bytes())
 }
 
-const KEYSTONE_UWSGI: &str = "etc/ciab/uwsgi/keystone.ini";
+/// Writes `api`'s uwsgi ini and the drop-in that runs `unit` from it (and
+/// orders it after the mounts of `data`); starting the unit reloads systemd.
+pub(super) fn install_uwsgi(root: &Path, unit: &str, api: &Uwsgi, data: &[&str]) -> Result<()> {
+    let ini = Uwsgi::ini_path(api.name);
+    let path = root.join(&ini);
+    std::fs::create_dir_all(path.parent().context("parent")?)?;
+    crate::atomic::write_atomic(&path, api.ini().as_bytes())?;
+    let mut dropin = super::uwsgi::dropin(&format!("/{ini}"));
+    if !data.is_empty() {
+        dropin.push_str(&service::requires_mounts_dropin(data));
+    }
+    write_dropin(root, &format!("{unit}.service"), &dropin)
+}
+
 const CLOUDS_YAML: &str = "root/.config/openstack/clouds.yaml";
 
 impl Step<Ctx> for KeystoneStep {
@@ -250,12 +266,8 @@ impl Step<Ctx> for KeystoneStep {
         keys::chown(&conf, (0, user.1))?;
         keys::ensure_repository(&root.join(keystone::FERNET_KEYS), user)?;
         keys::ensure_repository(&root.join(keystone::CREDENTIAL_KEYS), user)?;
-        let ini = keystone::uwsgi_ini("keystone-api", keystone::BIND, "/usr/bin/keystone-wsgi-public", "keystone", cp.workers.keystone);
-        let path = root.join(KEYSTONE_UWSGI);
-        std::fs::create_dir_all(path.parent().context("parent")?)?;
-        crate::atomic::write_atomic(&path, ini.as_bytes())?;
-        write_dropin(&root, "keystone.service", &keystone::uwsgi_dropin(&format!("/{KEYSTONE_UWSGI}")))?;
-        crate::exec::Cmd::new("systemctl").args(["daemon-reload"]).run()?;
+        let api = Uwsgi { name: "keystone-api", bind: KEYSTONE.bind, wsgi_file: "/usr/bin/keystone-wsgi-public", user: "keystone", processes: cp.workers.keystone, streams_uploads: false };
+        install_uwsgi(&root, KEYSTONE.unit, &api, &[])?;
         // After a power cut this step may run before boot has brought the
         // database back: wait for it rather than let oslo.db retry for minutes.
         service::start(&["mariadb"], false)?;
@@ -263,7 +275,7 @@ impl Step<Ctx> for KeystoneStep {
         // The API starts (minutes of Python under emulation) while bootstrap
         // writes the admin user and catalog straight into the database.
         let started = std::time::Instant::now();
-        service::start(&["keystone"], true)?;
+        service::start(&[KEYSTONE.unit], true)?;
         let t0 = std::time::Instant::now();
         let password = secret(ctx, "keystone-admin")?;
         crate::exec::Cmd::new("runuser")
@@ -275,7 +287,7 @@ impl Step<Ctx> for KeystoneStep {
             // keystone-manage reports to its log file, not to stderr.
             .with_context(|| format!("keystone-manage bootstrap\n{}", service::file_tail(&root.join("var/log/keystone/keystone-manage.log"), 12)))?;
         println!("ciab-firstboot: keystone: bootstrap done in {:.0} s", t0.elapsed().as_secs_f64());
-        service::wait_http(&format!("http://{}/v3", keystone::BIND), None, "keystone", API_TIMEOUT)?;
+        service::wait_http(&format!("{}{}", KEYSTONE.internal_url(), KEYSTONE.probe), None, KEYSTONE.unit, API_TIMEOUT)?;
         println!("ciab-firstboot: keystone: API answers, {:.0} s after its start", started.elapsed().as_secs_f64());
         set_stamp(ctx, "keystone")
     }
@@ -317,12 +329,29 @@ impl Step<Ctx> for IdentityStep {
         let admin_pw = secret(ctx, "keystone-admin")?;
         let member_pw = secret(ctx, "demo-password")?;
         let keystone = super::identity::Identity::login(keystone::BIND, "admin", &admin_pw, "admin")?;
-        keystone.ensure_project(SERVICE_PROJECT, "The cloud's own services")?;
+        let service_project = keystone.ensure_project(SERVICE_PROJECT, "The cloud's own services")?;
         let project = keystone.ensure_project(MEMBER_PROJECT, "A project for trying the cloud out")?;
         let user = keystone.ensure_user(MEMBER_USER, &member_pw, &project)?;
         let member = keystone.ensure_role("member")?;
         keystone.grant(&project, &user, &member)?;
         let endpoints = endpoints(ctx)?;
+        // Token validation and Nova's calls to Placement need `service`;
+        // `admin` lets services act across projects as upstream's guides set up.
+        let service_roles = [keystone.ensure_role("admin")?, keystone.ensure_role("service")?];
+        let mut registered = Vec::new();
+        for api in catalog::APIS {
+            let id = keystone.ensure_service(api.kind, api.name, api.description)?;
+            for (interface, url) in api.catalog_urls(&endpoints) {
+                keystone.ensure_endpoint(&id, interface, keystone::REGION, &url)?;
+            }
+            if let Some(secret_name) = api.service_secret {
+                let user = keystone.ensure_user(api.name, &secret(ctx, secret_name)?, &service_project)?;
+                for role in &service_roles {
+                    keystone.grant(&service_project, &user, role)?;
+                }
+            }
+            registered.push(api.kind);
+        }
         let pki = pki_of(ctx);
         let clouds = [
             keystone::CloudEntry { name: "admin".into(), user: "admin".into(), password: admin_pw, project: "admin".into() },
@@ -340,51 +369,13 @@ impl Step<Ctx> for IdentityStep {
         };
         crate::atomic::write_atomic(&ctx.state_dir.join(CLOUD_SUMMARY), &serde_json::to_vec_pretty(&summary)?)?;
         println!("ciab-firstboot: identity: projects {SERVICE_PROJECT} and {MEMBER_PROJECT}, user {MEMBER_USER} (member); credentials in /{CLOUDS_YAML}");
+        println!("ciab-firstboot: identity: catalog: {}", registered.join(", "));
         set_stamp(ctx, "identity")
     }
 }
 
 /// The cloud's summary beside the journal, for the status page.
 pub const CLOUD_SUMMARY: &str = "cloud.json";
-
-pub struct FrontendStep;
-
-impl FrontendStep {
-    /// Through the front end, trusting what the box trusts (the pki step put
-    /// the CA into the system bundle curl reads).
-    fn answers() -> bool {
-        matches!(service::http_status(&Self::local_url(), None), Some(200))
-    }
-
-    /// The identity API through the front end, from the box itself.
-    fn local_url() -> String {
-        format!("https://127.0.0.1:{}/identity/v3", frontend::LISTEN_PORT)
-    }
-}
-
-impl Step<Ctx> for FrontendStep {
-    fn name(&self) -> &'static str {
-        "frontend"
-    }
-    fn title(&self) -> &'static str {
-        "serve the APIs over TLS"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["pki", "keystone"]
-    }
-    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!has_cloud(ctx)? || (service::is_active("haproxy") && Self::answers()))
-    }
-    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        let pem = pki_of(ctx).server_pem().display().to_string();
-        crate::atomic::write_atomic(&ctx.root.join(frontend::CONF), frontend::haproxy_cfg(&pem, frontend::ROUTES).as_bytes())?;
-        service::start(&["haproxy"], true)?;
-        service::wait_http(&Self::local_url(), None, "haproxy", Duration::from_secs(60))?;
-        let e = endpoints(ctx)?;
-        println!("ciab-firstboot: frontend: identity API on {}", e.public("identity"));
-        Ok(())
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,52 @@
+//! Glance, the image service: images in a file store on the box's `glance`
+//! volume, the API under uwsgi with the plan's process count.
+
+use super::catalog::GLANCE;
+use super::ini::Ini;
+use super::{keystone, Endpoints};
+
+pub const CONF: &str = "etc/glance/glance-api.conf";
+/// The `glance` volume's mount point (`steps::volumes`).
+pub const STORE: &str = "/var/lib/glance/images";
+
+/// glance-api.conf. Import staging and task scratch space sit on the image
+/// volume too: an import holds a whole image there.
+pub fn conf(db_url: &str, endpoints: &Endpoints, service_password: &str, pool: (u32, u32)) -> Ini {
+    let mut ini = Ini::new("Written by ciab-firstboot; rewritten on every run of the glance step.");
+    ini.set("DEFAULT", "public_endpoint", GLANCE.public_url(endpoints))
+        .set("DEFAULT", "enabled_backends", "file:file")
+        .set("DEFAULT", "show_image_direct_url", false);
+    super::database::oslo_db(&mut ini, "database", db_url, pool);
+    ini.set("glance_store", "default_backend", "file")
+        .set("file", "filesystem_store_datadir", format!("{STORE}/"))
+        .set("os_glance_staging_store", "filesystem_store_datadir", format!("{STORE}/os_glance_staging_store/"))
+        .set("os_glance_tasks_store", "filesystem_store_datadir", format!("{STORE}/os_glance_tasks_store/"));
+    keystone::authtoken(&mut ini, endpoints, GLANCE.name, service_password);
+    ini.set("paste_deploy", "flavor", "keystone")
+        .set("oslo_concurrency", "lock_path", "/var/lock/glance")
+        .set("oslo_middleware", "enable_proxy_headers_parsing", true);
+    ini
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conf_stores_images_on_the_volume_and_validates_tokens() {
+        let e = Endpoints { host: "cloud.example.org".into(), port: 8443 };
+        let ini = conf("mysql+pymysql://glance:pw@localhost/glance", &e, "svc-pw", (5, 10));
+        assert_eq!(ini.get("DEFAULT", "public_endpoint"), Some("https://cloud.example.org:8443/image"));
+        assert_eq!(ini.get("DEFAULT", "enabled_backends"), Some("file:file"));
+        assert_eq!(ini.get("glance_store", "default_backend"), Some("file"));
+        assert_eq!(ini.get("file", "filesystem_store_datadir"), Some("/var/lib/glance/images/"));
+        assert_eq!(ini.get("os_glance_staging_store", "filesystem_store_datadir"), Some("/var/lib/glance/images/os_glance_staging_store/"));
+        assert_eq!(ini.get("database", "max_overflow"), Some("10"));
+        assert_eq!(ini.get("keystone_authtoken", "username"), Some("glance"));
+        assert_eq!(ini.get("keystone_authtoken", "password"), Some("svc-pw"));
+        assert_eq!(ini.get("keystone_authtoken", "auth_url"), Some("http://127.0.0.1:5000"));
+        assert_eq!(ini.get("keystone_authtoken", "www_authenticate_uri"), Some("https://cloud.example.org:8443/identity"));
+        assert_eq!(ini.get("keystone_authtoken", "memcached_servers"), Some("127.0.0.1:11211"));
+        assert_eq!(ini.get("paste_deploy", "flavor"), Some("keystone"));
+    }
+}

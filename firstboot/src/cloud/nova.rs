@@ -1,0 +1,193 @@
+//! Nova, the compute service: the API under uwsgi, conductor and scheduler
+//! with the plan's worker counts, nova-compute on libvirt with the plan's
+//! reservations and allocation ratios, `virt_type=kvm` whenever /dev/kvm
+//! works (also nested inside an emulated evaluation VM), `qemu` otherwise.
+//! The cells are rows in the API database written by first boot, not
+//! `nova-manage` runs (a Python start each, a minute under TCG).
+
+use super::catalog::{COMPUTE, GLANCE};
+use super::ini::Ini;
+use super::{keystone, messaging, Endpoints};
+use crate::plan::Nova as NovaPlan;
+
+pub const CONF: &str = "etc/nova/nova.conf";
+/// Read by Debian's nova-compute after nova.conf: it must agree.
+pub const COMPUTE_CONF: &str = "etc/nova/nova-compute.conf";
+/// The `nova` volume's mount point (`steps::volumes`).
+pub const INSTANCES: &str = "/var/lib/nova/instances";
+/// Cell0 has this fixed id in every deployment.
+pub const CELL0_UUID: &str = "00000000-0000-0000-0000-000000000000";
+
+/// What nova.conf is rendered from.
+#[derive(Debug, Clone)]
+pub struct NovaConf<'a> {
+    pub api_db_url: String,
+    pub cell_db_url: String,
+    pub rabbit_password: &'a str,
+    pub endpoints: &'a Endpoints,
+    pub my_ip: String,
+    pub host: &'a str,
+    pub service_password: &'a str,
+    pub metadata_secret: &'a str,
+    pub virt_type: &'a str,
+    pub plan: &'a NovaPlan,
+    pub workers: (u32, u32),
+    pub pool: (u32, u32),
+}
+
+/// A section authenticating as Nova's service user (Placement, Neutron, the
+/// service token it sends along).
+fn service_auth(ini: &mut Ini, section: &str, password: &str) {
+    ini.set(section, "auth_type", "password")
+        .set(section, "auth_url", super::catalog::KEYSTONE.internal_url())
+        .set(section, "project_domain_name", "Default")
+        .set(section, "user_domain_name", "Default")
+        .set(section, "project_name", "service")
+        .set(section, "username", COMPUTE.name)
+        .set(section, "password", password)
+        .set(section, "region_name", keystone::REGION);
+}
+
+pub fn conf(c: &NovaConf) -> Ini {
+    let mut ini = Ini::new("Written by ciab-firstboot; rewritten on every run of the nova step.");
+    ini.set("DEFAULT", "host", c.host)
+        .set("DEFAULT", "my_ip", &c.my_ip)
+        .set("DEFAULT", "transport_url", messaging::transport_url(c.rabbit_password))
+        .set("DEFAULT", "state_path", "/var/lib/nova")
+        .set("DEFAULT", "instances_path", INSTANCES)
+        .set("DEFAULT", "enabled_apis", "osapi_compute")
+        .set("DEFAULT", "reserved_host_memory_mb", c.plan.reserved_host_memory_mb)
+        .set("DEFAULT", "reserved_host_cpus", c.plan.reserved_host_cpus)
+        .set("DEFAULT", "cpu_allocation_ratio", c.plan.cpu_allocation_ratio)
+        .set("DEFAULT", "ram_allocation_ratio", c.plan.ram_allocation_ratio)
+        .set("DEFAULT", "disk_allocation_ratio", c.plan.disk_allocation_ratio)
+        .set("api", "auth_strategy", "keystone")
+        .set("api", "compute_link_prefix", COMPUTE.public_url(c.endpoints))
+        .set("api", "glance_link_prefix", GLANCE.public_url(c.endpoints));
+    super::database::oslo_db(&mut ini, "api_database", &c.api_db_url, c.pool);
+    super::database::oslo_db(&mut ini, "database", &c.cell_db_url, c.pool);
+    ini.set("conductor", "workers", c.workers.0)
+        .set("scheduler", "workers", c.workers.1)
+        // nova-compute registers itself; the scheduler maps it into cell1.
+        .set("scheduler", "discover_hosts_in_cells_interval", 30);
+    keystone::authtoken(&mut ini, c.endpoints, COMPUTE.name, c.service_password);
+    ini.set("service_user", "send_service_user_token", true);
+    service_auth(&mut ini, "service_user", c.service_password);
+    service_auth(&mut ini, "placement", c.service_password);
+    ini.set("placement", "valid_interfaces", "internal");
+    ini.set("glance", "valid_interfaces", "internal");
+    service_auth(&mut ini, "neutron", c.service_password);
+    ini.set("neutron", "valid_interfaces", "internal")
+        .set("neutron", "service_type", "network")
+        .set("neutron", "service_metadata_proxy", true)
+        .set("neutron", "metadata_proxy_shared_secret", c.metadata_secret)
+        .set("neutron", "ovs_bridge", "br-int")
+        .set("cinder", "catalog_info", "block-storage:cinderv3:internalURL")
+        .set("cinder", "os_region_name", keystone::REGION)
+        .set("libvirt", "virt_type", c.virt_type)
+        .set("libvirt", "cpu_mode", if c.virt_type == "kvm" { "host-passthrough" } else { "none" })
+        .set("vnc", "enabled", false)
+        .set("oslo_concurrency", "lock_path", "/var/lib/nova/tmp")
+        .set("oslo_middleware", "enable_proxy_headers_parsing", true)
+        .set("oslo_messaging_notifications", "driver", "noop");
+    ini
+}
+
+/// nova-compute.conf: Debian's ships `virt_type=kvm` here, which would
+/// override nova.conf on a box without /dev/kvm.
+pub fn compute_conf(virt_type: &str) -> Ini {
+    let mut ini = Ini::new("Written by ciab-firstboot; nova-compute reads it after nova.conf.");
+    ini.set("DEFAULT", "compute_driver", "libvirt.LibvirtDriver").set("libvirt", "virt_type", virt_type);
+    ini
+}
+
+/// SQL that maps cell0 and cell1 in the API database (what `nova-manage
+/// cell_v2 map_cell0` and `create_cell` write), idempotently: URLs are set
+/// again on a rerun, ids kept. `cell1_uuid` is used only when cell1 is new.
+pub fn cells_sql(cell0_db_url: &str, cell1_db_url: &str, transport_url: &str, cell1_uuid: &str) -> String {
+    let q = |s: &str| s.replace('\\', "\\\\").replace('\'', "\\'");
+    format!(
+        "USE nova_api;\n\
+INSERT INTO cell_mappings (created_at, uuid, name, transport_url, database_connection, disabled)\n  \
+SELECT NOW(), '{CELL0_UUID}', 'cell0', 'none:///', '{c0}', 0 FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM cell_mappings WHERE uuid = '{CELL0_UUID}');\n\
+UPDATE cell_mappings SET database_connection = '{c0}' WHERE uuid = '{CELL0_UUID}';\n\
+INSERT INTO cell_mappings (created_at, uuid, name, transport_url, database_connection, disabled)\n  \
+SELECT NOW(), '{u1}', 'cell1', '{t}', '{c1}', 0 FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM cell_mappings WHERE name = 'cell1');\n\
+UPDATE cell_mappings SET transport_url = '{t}', database_connection = '{c1}' WHERE name = 'cell1';\n",
+        c0 = q(cell0_db_url),
+        c1 = q(cell1_db_url),
+        t = q(transport_url),
+        u1 = q(cell1_uuid),
+    )
+}
+
+/// The kernel module that gives /dev/kvm on this CPU, from /proc/cpuinfo's flags.
+pub fn kvm_module(cpuinfo: &str) -> Option<&'static str> {
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
+    let has = |f: &str| flags.split_whitespace().any(|w| w == f);
+    if has("vmx") {
+        Some("kvm_intel")
+    } else if has("svm") {
+        Some("kvm_amd")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Endpoints, NovaPlan) {
+        let plan = super::super::test_plan().nova.unwrap();
+        (Endpoints { host: "localhost".into(), port: 8443 }, plan)
+    }
+
+    #[test]
+    fn conf_carries_the_plan_and_the_virt_type() {
+        let (e, plan) = sample();
+        let c = NovaConf {
+            api_db_url: "mysql+pymysql://nova:pw@localhost/nova_api".into(),
+            cell_db_url: "mysql+pymysql://nova:pw@localhost/nova".into(),
+            rabbit_password: "rpw",
+            endpoints: &e,
+            my_ip: "10.0.2.15".into(),
+            host: "box7",
+            service_password: "spw",
+            metadata_secret: "msec",
+            virt_type: "kvm",
+            plan: &plan,
+            workers: (1, 1),
+            pool: (5, 10),
+        };
+        let ini = conf(&c);
+        assert_eq!(ini.get("DEFAULT", "transport_url"), Some("rabbit://openstack:rpw@127.0.0.1:5672/"));
+        assert_eq!(ini.get("DEFAULT", "reserved_host_memory_mb"), Some(plan.reserved_host_memory_mb.to_string().as_str()));
+        assert_eq!(ini.get("DEFAULT", "cpu_allocation_ratio"), Some(plan.cpu_allocation_ratio.to_string().as_str()));
+        assert_eq!(ini.get("api", "compute_link_prefix"), Some("https://localhost:8443/compute"));
+        assert_eq!(ini.get("libvirt", "virt_type"), Some("kvm"));
+        assert_eq!(ini.get("libvirt", "cpu_mode"), Some("host-passthrough"));
+        assert_eq!(ini.get("placement", "username"), Some("nova"));
+        assert_eq!(ini.get("placement", "auth_url"), Some("http://127.0.0.1:5000"));
+        assert_eq!(ini.get("neutron", "metadata_proxy_shared_secret"), Some("msec"));
+        assert_eq!(ini.get("service_user", "send_service_user_token"), Some("true"));
+        let qemu = conf(&NovaConf { virt_type: "qemu", ..c });
+        assert_eq!(qemu.get("libvirt", "cpu_mode"), Some("none"));
+    }
+
+    #[test]
+    fn cells_are_mapped_once_with_quoted_urls() {
+        let sql = cells_sql("mysql+pymysql://nova:p@localhost/nova_cell0?x=1", "mysql+pymysql://nova:p@localhost/nova", "rabbit://openstack:r@127.0.0.1:5672/", "0f0e");
+        assert!(sql.contains("'00000000-0000-0000-0000-000000000000', 'cell0', 'none:///', 'mysql+pymysql://nova:p@localhost/nova_cell0?x=1'"), "{sql}");
+        assert!(sql.contains("WHERE NOT EXISTS (SELECT 1 FROM cell_mappings WHERE name = 'cell1')"), "{sql}");
+        assert!(sql.contains("UPDATE cell_mappings SET transport_url = 'rabbit://openstack:r@127.0.0.1:5672/'"), "{sql}");
+        assert!(cells_sql("it's", "b", "c", "d").contains("'it\\'s'"));
+    }
+
+    #[test]
+    fn kvm_module_from_cpu_flags() {
+        assert_eq!(kvm_module("processor : 0\nflags\t\t: fpu vme svm lm\n"), Some("kvm_amd"));
+        assert_eq!(kvm_module("flags : fpu vmx\n"), Some("kvm_intel"));
+        assert_eq!(kvm_module("flags : fpu\n"), None);
+    }
+}

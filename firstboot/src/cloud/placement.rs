@@ -1,0 +1,32 @@
+//! Placement, the inventory of what Nova can schedule onto.
+
+use super::catalog::PLACEMENT;
+use super::ini::Ini;
+use super::{keystone, Endpoints};
+
+pub const CONF: &str = "etc/placement/placement.conf";
+
+pub fn conf(db_url: &str, endpoints: &Endpoints, service_password: &str, pool: (u32, u32)) -> Ini {
+    let mut ini = Ini::new("Written by ciab-firstboot; rewritten on every run of the placement step.");
+    ini.set("api", "auth_strategy", "keystone");
+    super::database::oslo_db(&mut ini, "placement_database", db_url, pool);
+    keystone::authtoken(&mut ini, endpoints, PLACEMENT.name, service_password);
+    ini.set("oslo_middleware", "enable_proxy_headers_parsing", true);
+    ini
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conf_uses_its_database_and_service_user() {
+        let e = Endpoints { host: "10.0.0.5".into(), port: 443 };
+        let ini = conf("mysql+pymysql://placement:pw@localhost/placement", &e, "svc-pw", (5, 10));
+        assert_eq!(ini.get("placement_database", "connection"), Some("mysql+pymysql://placement:pw@localhost/placement"));
+        assert_eq!(ini.get("api", "auth_strategy"), Some("keystone"));
+        assert_eq!(ini.get("keystone_authtoken", "username"), Some("placement"));
+        assert_eq!(ini.get("keystone_authtoken", "www_authenticate_uri"), Some("https://10.0.0.5/identity"));
+        assert!(ini.render().starts_with("# Written by ciab-firstboot"));
+    }
+}

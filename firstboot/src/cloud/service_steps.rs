@@ -1,0 +1,369 @@
+//! The steps that configure one service each and start it without waiting
+//! for it to answer — under emulation every Python API takes a minute or
+//! more to come up, so they start side by side — then the front end, and
+//! `apis`, which waits until every API answers through TLS and the message
+//! queue takes the services' login.
+//!
+//! Order: messaging (after database, so RabbitMQ's minute-long start overlaps
+//! Keystone's), then after identity: glance → placement → nova → frontend →
+//! apis.
+
+use super::amqp::{self, Login};
+use super::catalog::{self, Api, COMPUTE, GLANCE, PLACEMENT};
+use super::steps::{endpoints, has_cloud, install_uwsgi, pki_of, secret, set_stamp, stamp, write_dropin, API_TIMEOUT};
+use super::uwsgi::Uwsgi;
+use super::{database, frontend, glance, keys, messaging, nova, placement, service};
+use crate::engine::Step;
+use crate::steps::Ctx;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Writes a service's config file, readable by root and the service's group
+/// only (it holds passwords).
+fn write_private_conf(root: &Path, rel: &str, text: &str, group_of: &str) -> Result<()> {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().context("parent")?)?;
+    crate::atomic::write_atomic_mode(&path, text.as_bytes(), 0o640)?;
+    let (_, gid) = keys::system_user(root, group_of)?;
+    keys::chown(&path, (0, gid))
+}
+
+fn db_url(ctx: &Ctx, user: &str, database: &str) -> Result<String> {
+    let account = database::ACCOUNTS.iter().find(|a| a.user == user).with_context(|| format!("no database account {user}"))?;
+    Ok(database::connection_url(account, &secret(ctx, account.secret)?, database))
+}
+
+fn pool(ctx: &Ctx) -> Result<(u32, u32)> {
+    let cp = ctx.plan()?.control_plane.context("a cloud profile's plan has a control plane")?;
+    Ok((cp.db_max_pool_size, cp.db_max_overflow))
+}
+
+pub struct MessagingStep;
+
+impl Step<Ctx> for MessagingStep {
+    fn name(&self) -> &'static str {
+        "messaging"
+    }
+    fn title(&self) -> &'static str {
+        "start RabbitMQ and memcached"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["secrets", "network"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(!has_cloud(ctx)?
+            || (stamp(ctx, "messaging").exists() && service::is_up_or_starting("rabbitmq-server") && service::is_active("memcached")))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let root = ctx.root.clone();
+        let cp = ctx.plan()?.control_plane.context("a cloud profile's plan has a control plane")?;
+        crate::atomic::write_atomic(&root.join(messaging::MEMCACHED_CONF), messaging::memcached_conf(&cp.memcached).as_bytes())?;
+        service::start(&["memcached"], true)?;
+
+        let rabbit = keys::system_user(&root, "rabbitmq")?;
+        crate::atomic::write_atomic(&root.join(messaging::RABBITMQ_CONF), messaging::rabbitmq_conf(&cp.rabbitmq).as_bytes())?;
+        crate::atomic::write_atomic(&root.join(messaging::RABBITMQ_ENV), messaging::rabbitmq_env().as_bytes())?;
+        let definitions = messaging::definitions(&secret(ctx, messaging::RABBIT_SECRET)?, messaging::random_salt()?);
+        write_private_conf(&root, messaging::DEFINITIONS, &definitions, "rabbitmq")?;
+        let cookie = root.join(messaging::ERLANG_COOKIE);
+        if !cookie.exists() {
+            crate::atomic::write_atomic_mode(&cookie, messaging::erlang_cookie()?.as_bytes(), 0o400)?;
+            keys::chown(&cookie, rabbit)?;
+        }
+        write_dropin(&root, "epmd.socket", &messaging::epmd_socket_dropin())?;
+        // epmd.service is masked in the image like every service; its socket
+        // starts it on RabbitMQ's first lookup.
+        service::start(&["epmd.socket", "epmd.service"], false)?;
+        service::start_in_background(&["rabbitmq-server"])?;
+        println!("ciab-firstboot: messaging: memcached up on {}; RabbitMQ starting on {} (user {})", messaging::MEMCACHED, messaging::AMQP, messaging::RABBIT_USER);
+        set_stamp(ctx, "messaging")
+    }
+}
+
+/// Configures an API under uwsgi and starts it; the `apis` step waits for it.
+fn start_api(ctx: &Ctx, api: &Api, ini: &Uwsgi, conf: (&str, String), data: &[&str]) -> Result<()> {
+    write_private_conf(&ctx.root, conf.0, &conf.1, ini.user)?;
+    install_uwsgi(&ctx.root, api.unit, ini, data)?;
+    service::start_in_background(&[api.unit])?;
+    println!("ciab-firstboot: {}: {} starting on {} ({} process(es))", api.name, api.unit, api.bind, ini.processes);
+    set_stamp(ctx, api.name)
+}
+
+fn api_started(ctx: &Ctx, api: &Api) -> Result<bool> {
+    Ok(!has_cloud(ctx)? || (stamp(ctx, api.name).exists() && service::is_up_or_starting(api.unit)))
+}
+
+pub struct GlanceStep;
+
+impl Step<Ctx> for GlanceStep {
+    fn name(&self) -> &'static str {
+        "glance"
+    }
+    fn title(&self) -> &'static str {
+        "configure Glance, the image service"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["identity", "storage"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        api_started(ctx, &GLANCE)
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let cp = ctx.plan()?.control_plane.context("a cloud profile's plan has a control plane")?;
+        let store = ctx.root.join(glance::STORE.trim_start_matches('/'));
+        std::fs::create_dir_all(&store)?;
+        keys::chown(&store, keys::system_user(&ctx.root, "glance")?)?;
+        let conf = glance::conf(&db_url(ctx, "glance", "glance")?, &endpoints(ctx)?, &secret(ctx, "glance-service")?, pool(ctx)?);
+        let ini = Uwsgi { name: "glance-api", bind: GLANCE.bind, wsgi_file: "/usr/bin/glance-wsgi-api", user: "glance", processes: cp.workers.glance, streams_uploads: true };
+        start_api(ctx, &GLANCE, &ini, (glance::CONF, conf.render()), &[glance::STORE])
+    }
+}
+
+pub struct PlacementStep;
+
+impl Step<Ctx> for PlacementStep {
+    fn name(&self) -> &'static str {
+        "placement"
+    }
+    fn title(&self) -> &'static str {
+        "configure Placement, the resource inventory"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["identity"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        api_started(ctx, &PLACEMENT)
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let cp = ctx.plan()?.control_plane.context("a cloud profile's plan has a control plane")?;
+        let conf = placement::conf(&db_url(ctx, "placement", "placement")?, &endpoints(ctx)?, &secret(ctx, "placement-service")?, pool(ctx)?);
+        let ini = Uwsgi { name: "placement-api", bind: PLACEMENT.bind, wsgi_file: "/usr/bin/placement-api", user: "placement", processes: cp.workers.placement, streams_uploads: false };
+        start_api(ctx, &PLACEMENT, &ini, (placement::CONF, conf.render()), &[])
+    }
+}
+
+/// Loads the KVM module for this CPU and waits briefly for udev to make
+/// /dev/kvm: under an emulated evaluation VM it appears late in boot, and
+/// nested KVM is ~10× faster than emulation inside emulation.
+fn probe_kvm(root: &Path) -> bool {
+    let dev = root.join("dev/kvm");
+    if !dev.exists() {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        if let Some(module) = nova::kvm_module(&cpuinfo) {
+            if let Err(e) = crate::exec::Cmd::new("modprobe").package("kmod").arg(module).run() {
+                println!("ciab-firstboot: nova: modprobe {module}: {e:#}");
+            }
+            let until = Instant::now() + Duration::from_secs(20);
+            while !dev.exists() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    std::fs::OpenOptions::new().read(true).write(true).open(&dev).is_ok()
+}
+
+/// libvirt's sockets and daemons, masked in the image like every unit: the
+/// sockets refuse to start while their services are masked, so all are
+/// unmasked and started together, sockets first.
+const LIBVIRT_UNITS: &[&str] = &[
+    "virtlogd.socket",
+    "virtlogd-admin.socket",
+    "libvirtd.socket",
+    "libvirtd-ro.socket",
+    "libvirtd-admin.socket",
+    "virtlogd.service",
+    "libvirtd.service",
+];
+const NOVA_DAEMONS: &[&str] = &["nova-conductor", "nova-scheduler", "nova-compute"];
+
+pub struct NovaStep;
+
+impl Step<Ctx> for NovaStep {
+    fn name(&self) -> &'static str {
+        "nova"
+    }
+    fn title(&self) -> &'static str {
+        "configure Nova, the compute service"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["placement", "messaging", "storage"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(api_started(ctx, &COMPUTE)? && (!has_cloud(ctx)? || NOVA_DAEMONS.iter().all(|u| service::is_up_or_starting(u))))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let plan = ctx.plan()?;
+        let cp = plan.control_plane.context("a cloud profile's plan has a control plane")?;
+        let nova_plan = plan.nova.context("a cloud profile's plan sizes Nova")?;
+        let virt_type = if probe_kvm(&ctx.root) { "kvm" } else { "qemu" };
+        let rabbit = secret(ctx, messaging::RABBIT_SECRET)?;
+        let cell0 = db_url(ctx, "nova", "nova_cell0")?;
+        let cell1 = db_url(ctx, "nova", "nova")?;
+        database::run_sql(&ctx.state_dir, None, &nova::cells_sql(&cell0, &cell1, &messaging::transport_url(&rabbit), &crate::secrets::uuid4()?))?;
+        let my_ip = super::steps::addresses(ctx)?.first().map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1".into());
+        let endpoints = endpoints(ctx)?;
+        let site = ctx.site()?;
+        let conf = nova::conf(&nova::NovaConf {
+            api_db_url: db_url(ctx, "nova", "nova_api")?,
+            cell_db_url: cell1,
+            rabbit_password: &rabbit,
+            endpoints: &endpoints,
+            my_ip,
+            host: &site.hostname,
+            service_password: &secret(ctx, "nova-service")?,
+            metadata_secret: &secret(ctx, "neutron-metadata")?,
+            virt_type,
+            plan: &nova_plan,
+            workers: (cp.workers.nova_conductor, cp.workers.nova_scheduler),
+            pool: pool(ctx)?,
+        });
+        // Debian's nova-compute also reads nova-compute.conf, after nova.conf.
+        write_private_conf(&ctx.root, nova::COMPUTE_CONF, &nova::compute_conf(virt_type).render(), "nova")?;
+        let instances = ctx.root.join(nova::INSTANCES.trim_start_matches('/'));
+        std::fs::create_dir_all(&instances)?;
+        keys::chown(&instances, keys::system_user(&ctx.root, "nova")?)?;
+        write_dropin(&ctx.root, "nova-compute.service", &service::requires_mounts_dropin(&[nova::INSTANCES]))?;
+        service::start(LIBVIRT_UNITS, false)?;
+        let ini = Uwsgi { name: "nova-api", bind: COMPUTE.bind, wsgi_file: "/usr/bin/nova-api-wsgi", user: "nova", processes: cp.workers.nova_api, streams_uploads: false };
+        write_private_conf(&ctx.root, nova::CONF, &conf.render(), "nova")?;
+        install_uwsgi(&ctx.root, COMPUTE.unit, &ini, &[])?;
+        let mut units = vec![COMPUTE.unit];
+        units.extend_from_slice(NOVA_DAEMONS);
+        service::start_in_background(&units)?;
+        println!("ciab-firstboot: nova: {} starting; libvirt virt_type={virt_type}", units.join(", "));
+        set_stamp(ctx, COMPUTE.name)
+    }
+}
+
+/// Nova's services as the compute API lists them: (binary, state) for each
+/// enabled one, and whether a hypervisor is mapped to a cell yet.
+fn compute_services(token: &str) -> Result<(Vec<(String, String)>, usize)> {
+    let r = super::rest::expect(super::rest::request(COMPUTE.bind, "GET", "/v2.1/os-services", Some(token), None)?, "listing compute services", &[200])?;
+    let services = r.body["services"]
+        .as_array()
+        .map(|a| a.iter().filter(|s| s["status"] == "enabled").map(|s| (s["binary"].as_str().unwrap_or("?").to_owned(), s["state"].as_str().unwrap_or("?").to_owned())).collect())
+        .unwrap_or_default();
+    let r = super::rest::expect(super::rest::request(COMPUTE.bind, "GET", "/v2.1/os-hypervisors", Some(token), None)?, "listing hypervisors", &[200])?;
+    Ok((services, r.body["hypervisors"].as_array().map_or(0, Vec::len)))
+}
+
+/// Every Nova service up, the compute node registered and its host mapped
+/// to cell1 (by the scheduler's periodic discovery), so servers can be
+/// scheduled onto it.
+fn compute_ready(ctx: &Ctx) -> Result<bool> {
+    let keystone = super::identity::Identity::login(catalog::KEYSTONE.bind, "admin", &secret(ctx, "keystone-admin")?, "admin")?;
+    let (services, hypervisors) = compute_services(keystone.token())?;
+    let up = |binary: &str| services.iter().any(|(b, s)| b == binary && s == "up");
+    let mapped: u32 = database::query("SELECT COUNT(*) FROM nova_api.host_mappings")?.trim().parse().unwrap_or(0);
+    Ok(NOVA_DAEMONS.iter().all(|d| up(d)) && hypervisors > 0 && mapped > 0)
+}
+
+/// `api` through the front end, from the box itself, trusting what the box
+/// trusts (the pki step put the CA into the system bundle curl reads).
+fn local_url(api: &Api) -> String {
+    format!("https://127.0.0.1:{}/{}{}", frontend::LISTEN_PORT, api.prefix, api.probe)
+}
+
+fn answers(api: &Api) -> bool {
+    service::http_status(&local_url(api), None).is_some_and(|c| c < 500)
+}
+
+pub struct FrontendStep;
+
+impl Step<Ctx> for FrontendStep {
+    fn name(&self) -> &'static str {
+        "frontend"
+    }
+    fn title(&self) -> &'static str {
+        "serve the APIs over TLS"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["pki", "keystone"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        let pem = pki_of(ctx).server_pem().display().to_string();
+        let configured = std::fs::read_to_string(ctx.root.join(frontend::CONF)).is_ok_and(|c| c == frontend::haproxy_cfg(&pem, catalog::APIS));
+        Ok(!has_cloud(ctx)? || (configured && service::is_active("haproxy") && answers(&catalog::KEYSTONE)))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let pem = pki_of(ctx).server_pem().display().to_string();
+        crate::atomic::write_atomic(&ctx.root.join(frontend::CONF), frontend::haproxy_cfg(&pem, catalog::APIS).as_bytes())?;
+        service::start(&["haproxy"], true)?;
+        service::wait_http(&local_url(&catalog::KEYSTONE), None, "haproxy", Duration::from_secs(60))?;
+        let e = endpoints(ctx)?;
+        println!("ciab-firstboot: frontend: identity API on {}", catalog::KEYSTONE.public_url(&e));
+        Ok(())
+    }
+}
+
+/// Logs in to RabbitMQ as the services do, and makes sure `guest` cannot.
+fn check_broker(password: &str) -> Result<()> {
+    let t = Duration::from_secs(10);
+    match amqp::try_login(messaging::AMQP, messaging::RABBIT_USER, password, "/", t)? {
+        Login::Accepted => {}
+        Login::Refused(why) => bail!("RabbitMQ refuses user {}: {why}", messaging::RABBIT_USER),
+    }
+    if amqp::try_login(messaging::AMQP, "guest", "guest", "/", t)? == Login::Accepted {
+        bail!("RabbitMQ accepts guest/guest: the default user must not exist");
+    }
+    Ok(())
+}
+
+pub struct ApisStep;
+
+impl Step<Ctx> for ApisStep {
+    fn name(&self) -> &'static str {
+        "apis"
+    }
+    fn title(&self) -> &'static str {
+        "wait for every API and the message queue"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["frontend", "messaging", "glance", "placement", "nova"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        if !has_cloud(ctx)? {
+            return Ok(true);
+        }
+        // The stamp makes the first pass go through apply(), which says on
+        // the console what answered and when.
+        Ok(stamp(ctx, "apis").exists()
+            && catalog::APIS.iter().all(answers)
+            && check_broker(&secret(ctx, messaging::RABBIT_SECRET)?).is_ok()
+            && compute_ready(ctx).unwrap_or(false))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let started = Instant::now();
+        for api in catalog::APIS {
+            // Each is awaited directly and then through the front end, so a
+            // failure says which side is broken.
+            service::wait_http(&format!("{}{}", api.internal_url(), api.probe), None, api.unit, API_TIMEOUT)?;
+            service::wait_http(&local_url(api), None, "haproxy", Duration::from_secs(60))?;
+            println!("ciab-firstboot: apis: {} answers through the front end ({:.0} s)", api.kind, started.elapsed().as_secs_f64());
+        }
+        let deadline = Instant::now() + API_TIMEOUT;
+        loop {
+            match compute_ready(ctx) {
+                Ok(true) => break,
+                Ok(false) | Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_secs(3)),
+                Ok(false) => bail!("Nova's services are not all up after {} s\n{}", API_TIMEOUT.as_secs(), service::journal_tail("nova-compute")),
+                Err(e) => return Err(e),
+            }
+        }
+        println!("ciab-firstboot: apis: nova-conductor, nova-scheduler and nova-compute up, the hypervisor mapped ({:.0} s)", started.elapsed().as_secs_f64());
+        let password = secret(ctx, messaging::RABBIT_SECRET)?;
+        let deadline = Instant::now() + API_TIMEOUT;
+        loop {
+            match check_broker(&password) {
+                Ok(()) => break,
+                Err(e) if Instant::now() > deadline || service::state("rabbitmq-server") == "failed" => {
+                    return Err(e.context(service::journal_tail("rabbitmq-server")));
+                }
+                Err(_) => std::thread::sleep(Duration::from_secs(1)),
+            }
+        }
+        println!("ciab-firstboot: apis: RabbitMQ takes the services' login and refuses guest ({:.0} s)", started.elapsed().as_secs_f64());
+        set_stamp(ctx, "apis")
+    }
+}
