@@ -10,7 +10,7 @@
 
 use super::amqp::{self, Login};
 use super::catalog::{self, Api, COMPUTE, GLANCE, PLACEMENT};
-use super::steps::{endpoints, has_cloud, install_uwsgi, pki_of, secret, set_stamp, stamp, write_dropin, API_TIMEOUT};
+use super::steps::{db_url, endpoints, has_cloud, install_uwsgi, pki_of, secret, set_stamp, stamp, write_dropin, API_TIMEOUT};
 use super::uwsgi::Uwsgi;
 use super::{database, frontend, glance, keys, messaging, nova, placement, service};
 use crate::engine::Step;
@@ -27,11 +27,6 @@ fn write_private_conf(root: &Path, rel: &str, text: &str, group_of: &str) -> Res
     crate::atomic::write_atomic_mode(&path, text.as_bytes(), 0o640)?;
     let (_, gid) = keys::system_user(root, group_of)?;
     keys::chown(&path, (0, gid))
-}
-
-fn db_url(ctx: &Ctx, user: &str, database: &str) -> Result<String> {
-    let account = database::ACCOUNTS.iter().find(|a| a.user == user).with_context(|| format!("no database account {user}"))?;
-    Ok(database::connection_url(account, &secret(ctx, account.secret)?, database))
 }
 
 fn pool(ctx: &Ctx) -> Result<(u32, u32)> {

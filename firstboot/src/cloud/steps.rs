@@ -42,6 +42,12 @@ pub(super) fn secret(ctx: &Ctx, name: &str) -> Result<String> {
     crate::secrets::read(&ctx.state_dir.join("secrets"), name)
 }
 
+/// oslo.db's URL for `user`'s account on `database`, with its password.
+pub(super) fn db_url(ctx: &Ctx, user: &str, database: &str) -> Result<String> {
+    let account = database::ACCOUNTS.iter().find(|a| a.user == user).with_context(|| format!("no database account {user}"))?;
+    Ok(database::connection_url(account, &secret(ctx, account.secret)?, database))
+}
+
 pub(super) fn pki_of(ctx: &Ctx) -> pki::Pki {
     pki::Pki::new(&ctx.state_dir.join(pki::PKI_SUBDIR))
 }
@@ -259,8 +265,7 @@ impl Step<Ctx> for KeystoneStep {
         let cp = plan.control_plane.context("a cloud profile's plan has a control plane")?;
         let endpoints = endpoints(ctx)?;
         let user = keys::system_user(&root, "keystone")?;
-        let account = database::ACCOUNTS.iter().find(|a| a.user == "keystone").context("keystone account")?;
-        let url = database::connection_url(account, &secret(ctx, account.secret)?, "keystone");
+        let url = db_url(ctx, "keystone", "keystone")?;
         let conf = root.join(keystone::CONF);
         crate::atomic::write_atomic_mode(&conf, keystone::conf(&url, &endpoints, (cp.db_max_pool_size, cp.db_max_overflow)).render().as_bytes(), 0o640)?;
         keys::chown(&conf, (0, user.1))?;
