@@ -88,7 +88,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildResult> {
     let mut p = Progress::new();
     let rootfs = p.stage("rootfs", || stages::rootfs::run(&ctx))?;
     let tree = p.stage("overlays", || stages::overlays::run(&ctx, &rootfs, &firstboot_bin))?;
-    let bundle = p.stage("bundle", || stages::bundle::run(&ctx))?;
+    let bundle = p.stage("bundle", || stages::bundle::run(&ctx, &rootfs))?;
     let boot = p.stage("boot", || stages::boot::run(&ctx, &rootfs))?;
     let fs = p.stage("filesystems", || stages::filesystems::run(&ctx, &tree, &boot, &bundle))?;
     let disk = p.stage("disk", || stages::disk::run(&ctx, &fs, &boot))?;

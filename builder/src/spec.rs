@@ -58,6 +58,9 @@ pub struct SpecFile {
     /// Files carried in the bundle partition.
     #[serde(default)]
     pub artifacts: Vec<ArtifactEntry>,
+    /// Disk images the box registers in Glance, made by the builder.
+    #[serde(default)]
+    pub guest_images: Vec<GuestImageEntry>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -163,6 +166,17 @@ pub struct ArtifactEntry {
     pub dest: toml::Spanned<String>,
 }
 
+/// `[[guest_images]]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestImageEntry {
+    /// The image's name in Glance.
+    pub name: toml::Spanned<String>,
+    /// What the builder makes: `tiny` (the image's kernel and busybox, a
+    /// DHCP client and a console marker; for checking a cloud end to end).
+    pub build: toml::Spanned<String>,
+}
+
 /// The resolved spec: what a build runs from. Serialized as JSON it is the
 /// root of every cache key and is what `ciab validate --json` prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +200,10 @@ pub struct Spec {
     pub images: Vec<ImageSpec>,
     /// Files of the bundle, in spec order.
     pub artifacts: Vec<ArtifactSpec>,
+    /// Guest disk images of the bundle, in spec order. Left out of the JSON
+    /// when empty, so specs without them keep their identity (and caches).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guest_images: Vec<GuestImageSpec>,
     /// Signing key path (not part of the image's identity, see [`Spec::identity_json`]).
     pub signing_key: PathBuf,
     /// Spec files read, top file first.
@@ -268,12 +286,29 @@ pub struct ArtifactSpec {
     pub origin: Origin,
 }
 
+/// What the builder makes a guest image from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestBuild {
+    /// `stages::guest`: kernel + busybox initramfs on a BIOS-bootable disk.
+    Tiny,
+}
+
+/// A guest disk image of the bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestImageSpec {
+    pub name: String,
+    pub build: GuestBuild,
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
 /// Registries whose names the box's containerd resolves through the offline
 /// registry (`overlays/registry/etc/containerd/certs.d`).
 pub const MIRRORED_REGISTRIES: &[&str] = &["docker.io", "quay.io", "registry.k8s.io", "ghcr.io", "registry.scs.community"];
 
 /// Top-level names of the bundle that artifacts may not take.
-pub const RESERVED_BUNDLE_NAMES: &[&str] = &["registry", "bundle.json"];
+pub const RESERVED_BUNDLE_NAMES: &[&str] = &["registry", "bundle.json", "guest-images"];
 
 /// An output format derived from the raw disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -408,6 +443,7 @@ struct Merged {
     signing_key: Option<String>,
     images: Vec<ImageSpec>,
     artifacts: Vec<ArtifactSpec>,
+    guest_images: Vec<GuestImageSpec>,
 }
 
 fn load_merged(path: &Path, stack: &mut Vec<PathBuf>, files: &mut Vec<PathBuf>) -> Result<Merged> {
@@ -562,6 +598,9 @@ fn check_file(loc: &Located, file: &SpecFile, dir: &Path) -> Result<Merged> {
     for (i, entry) in file.artifacts.iter().enumerate() {
         m.artifacts.push(check_artifact(loc, dir, i, entry)?);
     }
+    for (i, entry) in file.guest_images.iter().enumerate() {
+        m.guest_images.push(check_guest_image(loc, i, entry)?);
+    }
     Ok(m)
 }
 
@@ -668,6 +707,19 @@ fn check_artifact(loc: &Located, dir: &Path, i: usize, entry: &ArtifactEntry) ->
     Ok(ArtifactSpec { url, sha256, dest, origin: Origin { file: loc.path.clone(), index: i } })
 }
 
+fn check_guest_image(loc: &Located, i: usize, entry: &GuestImageEntry) -> Result<GuestImageSpec> {
+    let key = |field: &str| format!("guest_images[{i}].{field}");
+    let name = entry.name.get_ref();
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) || name.starts_with('.') {
+        return Err(loc.err(&entry.name, &key("name"), format!("{name:?} is not a usable image name: 1 to 64 of A-Z a-z 0-9 . _ - (also its file name in the bundle)")));
+    }
+    let build = match entry.build.get_ref().as_str() {
+        "tiny" => GuestBuild::Tiny,
+        other => return Err(loc.err(&entry.build, &key("build"), format!("unknown build {other:?}, expected \"tiny\""))),
+    };
+    Ok(GuestImageSpec { name: name.clone(), build, origin: Origin { file: loc.path.clone(), index: i } })
+}
+
 /// A relative path of plain components that stays inside the bundle and
 /// clear of the names the builder writes.
 fn normalize_dest(dest: &str) -> Result<String, String> {
@@ -690,6 +742,7 @@ fn merge(base: &mut Merged, top: Merged) {
     base.packages.extend(top.packages);
     base.images.extend(top.images);
     base.artifacts.extend(top.artifacts);
+    base.guest_images.extend(top.guest_images);
     for o in top.overlays {
         if !base.overlays.contains(&o) {
             base.overlays.push(o);
@@ -721,6 +774,26 @@ fn resolve(path: &Path, m: Merged, files: Vec<PathBuf>) -> Result<Spec> {
         }
         .into());
     }
+    for (i, g) in m.guest_images.iter().enumerate() {
+        if let Some(first) = m.guest_images[..i].iter().find(|h| h.name == g.name) {
+            return Err(SpecError {
+                file: path.to_owned(),
+                position: None,
+                key: Some("guest_images".into()),
+                message: format!("guest image {} is listed twice ({} entry {} and {} entry {}): keep one", g.name, first.origin.file.display(), first.origin.index, g.origin.file.display(), g.origin.index),
+            }
+            .into());
+        }
+    }
+    if m.guest_images.iter().any(|g| g.build == GuestBuild::Tiny) && !packages.contains("busybox-static") {
+        return Err(SpecError {
+            file: path.to_owned(),
+            position: None,
+            key: Some("guest_images".into()),
+            message: "a \"tiny\" guest image runs the image's own busybox: add \"busybox-static\" to packages.install".into(),
+        }
+        .into());
+    }
     Ok(Spec {
         name: m.name.ok_or_else(|| missing("image.name"))?,
         version: m.version.ok_or_else(|| missing("image.version"))?,
@@ -745,6 +818,7 @@ fn resolve(path: &Path, m: Merged, files: Vec<PathBuf>) -> Result<Spec> {
         formats,
         images: m.images,
         artifacts: m.artifacts,
+        guest_images: m.guest_images,
         signing_key: expand_home(m.signing_key.as_deref().unwrap_or(crate::sign::DEFAULT_KEY_PATH)),
         files,
     })
@@ -996,6 +1070,32 @@ root_mib = 4096
         let mut sb = Spec::load(&write(b.path(), "base.toml", BASE)).unwrap();
         sb.signing_key = PathBuf::from("/elsewhere.key");
         assert_eq!(sa.identity_json().unwrap(), sb.identity_json().unwrap());
+    }
+
+    #[test]
+    fn guest_images_resolve_and_bad_ones_are_named() {
+        let dir = tree();
+        write(&dir.path(), "base.toml", BASE);
+        let guest = |extra: &str, packages: &str| format!("include = [\"base.toml\"]\n[packages]\ninstall = [{packages}]\n{extra}");
+        let ok = write(&dir.path(), "ok.toml", &guest("[[guest_images]]\nname = \"ciab-tiny\"\nbuild = \"tiny\"\n", "\"busybox-static\""));
+        let spec = Spec::load(&ok).unwrap();
+        assert_eq!(spec.guest_images.len(), 1);
+        assert_eq!((spec.guest_images[0].name.as_str(), spec.guest_images[0].build), ("ciab-tiny", GuestBuild::Tiny));
+        assert!(spec.identity_json().unwrap().contains("guest_images"), "part of the image's identity");
+        let none = write(&dir.path(), "none.toml", &guest("", "\"busybox-static\""));
+        assert!(!Spec::load(&none).unwrap().identity_json().unwrap().contains("guest_images"), "absent when empty, so old specs keep their identity");
+
+        let cases = [
+            ("[[guest_images]]\nname = \"tiny\"\nbuild = \"huge\"\n", "\"busybox-static\"", "guest_images[0].build", "unknown build \"huge\", expected \"tiny\""),
+            ("[[guest_images]]\nname = \"../x\"\nbuild = \"tiny\"\n", "\"busybox-static\"", "guest_images[0].name", "is not a usable image name"),
+            ("[[guest_images]]\nname = \"t\"\nbuild = \"tiny\"\n", "\"vim\"", "guest_images", "add \"busybox-static\" to packages.install"),
+            ("[[guest_images]]\nname = \"t\"\nbuild = \"tiny\"\n[[guest_images]]\nname = \"t\"\nbuild = \"tiny\"\n", "\"busybox-static\"", "guest_images", "guest image t is listed twice"),
+        ];
+        for (i, (extra, packages, key, message)) in cases.iter().enumerate() {
+            let p = write(&dir.path(), &format!("bad{i}.toml"), &guest(extra, packages));
+            let err = err_of(&p);
+            assert!(err.contains(&format!("key `{key}`")) && err.contains(message), "{i}: {err}");
+        }
     }
 
     #[test]

@@ -239,6 +239,9 @@ pub struct BundleIndex {
     pub images: Vec<BundleImage>,
     /// Files under `artifacts/`.
     pub artifacts: Vec<BundleArtifact>,
+    /// Disk images for Glance, under `guest-images/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guest_images: Vec<BundleGuestImage>,
 }
 
 /// A container image in the bundle.
@@ -247,6 +250,24 @@ pub struct BundleIndex {
 pub struct BundleImage {
     pub reference: String,
     pub digest: String,
+}
+
+/// A disk image the box registers in Glance at first boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleGuestImage {
+    /// Its name in Glance.
+    pub name: String,
+    /// Path inside the bundle.
+    pub file: String,
+    pub sha256: String,
+    pub size: u64,
+    /// Glance's `disk_format` (`raw`).
+    pub disk_format: String,
+    pub min_disk_gib: u64,
+    pub min_ram_mib: u64,
+    /// Image properties (SCS standard scs-0102's and Nova's hints).
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 /// A file artifact in the bundle.

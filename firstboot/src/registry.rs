@@ -106,7 +106,7 @@ mod tests {
     }
 
     fn index(digest: &str) -> BundleIndex {
-        BundleIndex { schema: 1, images: vec![BundleImage { reference: "registry.k8s.io/pause:3.10".into(), digest: digest.into() }], artifacts: vec![] }
+        BundleIndex { schema: 1, images: vec![BundleImage { reference: "registry.k8s.io/pause:3.10".into(), digest: digest.into() }], artifacts: vec![], guest_images: vec![] }
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! The build stages of DESIGN.md §1, each in its own module, each a function
 //! from the build context and upstream outputs to a cached output directory.
 //!
-//! rootfs → overlays → bundle → boot → filesystems → disk → formats → manifest
+//! rootfs → overlays → bundle (with guest images) → boot → filesystems → disk → formats → manifest
 
 pub mod boot;
 pub mod bundle;
 pub mod disk;
 pub mod filesystems;
 pub mod formats;
+pub mod guest;
 pub mod installer;
 pub mod manifest;
 pub mod overlays;
