@@ -45,6 +45,8 @@ pub fn tools() -> Vec<Tool> {
         Tool { name: "mcopy", package: "mtools", need: Build, probe: Program(&["--version"]) },
         Tool { name: "mksquashfs", package: "squashfs-tools", need: Build, probe: Program(&["-version"]) },
         Tool { name: "objcopy", package: "binutils", need: Build, probe: Program(&["--version"]) },
+        // Guest images carry kernel modules decompressed.
+        Tool { name: "xz", package: "xz-utils", need: Build, probe: Program(&["--version"]) },
         Tool { name: "grub-mkimage", package: "grub-pc-bin", need: Build, probe: Program(&["--version"]) },
         Tool { name: "/usr/lib/grub/i386-pc/boot.img", package: "grub-pc-bin", need: Build, probe: File("/usr/lib/grub/i386-pc/boot.img") },
         Tool { name: "xorriso", package: "xorriso", need: Build, probe: Program(&["-version"]) },

@@ -108,8 +108,11 @@ pub struct Network {
     /// DNS resolvers; with DHCP these are used in addition to the lease's.
     #[serde(default, deserialize_with = "ip_list")]
     pub dns: Vec<IpAddr>,
-    /// Addresses Neutron hands out as floating IPs; must not hold the box's
-    /// own address or the gateway.
+    /// The provider network Neutron hands out floating IPs and router
+    /// gateways from (IPv4, /29 or larger); must not hold the box's own
+    /// address or the gateway. The box takes its first address, routes it and
+    /// masquerades traffic leaving it; the site's router may route the range
+    /// to the box's address to reach floating IPs. Default 172.24.4.0/24.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floating_range: Option<Cidr>,
 }
@@ -419,6 +422,9 @@ impl SiteConfig {
                     "network.floating_range",
                     format!("{range} has host bits set; did you mean {}/{}?", range.network(), range.prefix()),
                 );
+            }
+            if !range.addr().is_ipv4() || range.prefix() > 29 {
+                return err("network.floating_range", format!("{range}: floating IPs need an IPv4 range of 8 addresses or more (/29 or shorter)"));
             }
             if let Some(address) = net.address {
                 if range.contains(address.addr()) {
@@ -1152,6 +1158,14 @@ port = 8443
             (
                 "[network]\nmode = \"static\"\naddress = \"192.0.2.10/24\"\nfloating_range = \"192.0.2.0/28\"\n",
                 "site.toml:4:18: key `network.floating_range`: 192.0.2.0/28 holds the box's own address 192.0.2.10",
+            ),
+            (
+                "[network]\nfloating_range = \"192.0.2.128/30\"\n",
+                "site.toml:2:18: key `network.floating_range`: 192.0.2.128/30: floating IPs need an IPv4 range of 8 addresses or more (/29 or shorter)",
+            ),
+            (
+                "[network]\nfloating_range = \"fd00::/64\"\n",
+                "site.toml:2:18: key `network.floating_range`: fd00::/64: floating IPs need an IPv4 range of 8 addresses or more (/29 or shorter)",
             ),
             (
                 "[network]\nmode = \"static\"\ngateway = \"192.0.2.1\"\n",

@@ -1,8 +1,9 @@
 //! The first-boot steps of DESIGN.md §5, in order:
 //! discover → site-config → plan → secrets → storage → network → system →
-//! registry → (the cloud's, in `cloud::steps` and `cloud::service_steps`:
-//! pki → database → messaging → keystone → identity → glance → placement →
-//! nova → frontend → apis) → ready.
+//! registry → (the cloud's, in `cloud::steps` and `cloud::*_steps`:
+//! pki → database → messaging → ovn → keystone → identity → glance →
+//! placement → nova → neutron → cinder → frontend → apis →
+//! external-network → flavors → guest-images) → ready.
 //!
 //! Each step keeps what it learned under the state directory (as JSON), so a
 //! run resumed after a power cut picks it up in `check()` instead of redoing
@@ -79,13 +80,19 @@ pub fn all() -> Vec<Box<dyn Step<Ctx>>> {
         Box::new(crate::cloud::steps::PkiStep),
         Box::new(crate::cloud::steps::DatabaseStep),
         Box::new(crate::cloud::service_steps::MessagingStep),
+        Box::new(crate::cloud::network_steps::OvnStep),
         Box::new(crate::cloud::steps::KeystoneStep),
         Box::new(crate::cloud::steps::IdentityStep),
         Box::new(crate::cloud::service_steps::GlanceStep),
         Box::new(crate::cloud::service_steps::PlacementStep),
         Box::new(crate::cloud::service_steps::NovaStep),
+        Box::new(crate::cloud::network_steps::NeutronStep),
+        Box::new(crate::cloud::volume_steps::CinderStep),
         Box::new(crate::cloud::service_steps::FrontendStep),
         Box::new(crate::cloud::service_steps::ApisStep),
+        Box::new(crate::cloud::network_steps::ExternalNetworkStep),
+        Box::new(crate::cloud::defaults_steps::FlavorsStep),
+        Box::new(crate::cloud::image_steps::GuestImagesStep),
         Box::new(ReadyStep),
     ]
 }
@@ -484,7 +491,7 @@ impl Step<Ctx> for ReadyStep {
         "finish"
     }
     fn depends_on(&self) -> &'static [&'static str] {
-        &["secrets", "storage", "network", "system", "registry", "identity", "apis"]
+        &["secrets", "storage", "network", "system", "registry", "identity", "apis", "external-network", "flavors", "guest-images"]
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         Ok(ctx.state_dir.join(DONE_STAMP).exists())
@@ -540,7 +547,7 @@ mod tests {
                 assert!(at < i, "{} depends on {d}, which is not earlier", s.name());
             }
         }
-        assert_eq!(names, ["discover", "site-config", "plan", "secrets", "storage", "network", "system", "registry", "pki", "database", "messaging", "keystone", "identity", "glance", "placement", "nova", "frontend", "apis", "ready"]);
+        assert_eq!(names, ["discover", "site-config", "plan", "secrets", "storage", "network", "system", "registry", "pki", "database", "messaging", "ovn", "keystone", "identity", "glance", "placement", "nova", "neutron", "cinder", "frontend", "apis", "external-network", "flavors", "guest-images", "ready"]);
     }
 
     #[test]

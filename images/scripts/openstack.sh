@@ -11,8 +11,8 @@
 #    datadir: the text is byte-reproducible, InnoDB's files are not. They hold
 #    no user, no password and no secret.
 # 2. Scrub what package scripts generated per machine (Erlang cookie, Open
-#    vSwitch's system id, MariaDB's datadir): every box makes its own at first
-#    boot.
+#    vSwitch's system id, the iSCSI initiator name, MariaDB's datadir):
+#    every box makes its own at first boot.
 # 3. Mask every service: first boot configures, unmasks and starts them.
 set -eu
 
@@ -88,7 +88,11 @@ wait $mysqld_pid || true
 rm -rf "$tmp"
 
 # 2. Per-machine state made by package scripts.
-rm -rf /var/lib/mysql/* /var/lib/mysql/.[!.]* /var/lib/rabbitmq/.erlang.cookie /etc/openvswitch/conf.db /var/lib/openstack-dashboard/secret-key/*
+rm -rf /var/lib/mysql/* /var/lib/mysql/.[!.]* /var/lib/rabbitmq/.erlang.cookie /etc/openvswitch/conf.db /etc/openvswitch/system-id.conf /var/lib/ovn/*.db /var/lib/openstack-dashboard/secret-key/*
+# open-iscsi's postinst names the initiator at random; a shared name would
+# make every box the same initiator, and the image unreproducible. iscsid's
+# start-up checks make a name from this on each box.
+printf '## Written by ciab at build time: iscsid names this initiator on its first start.\nGenerateName=yes\n' > /etc/iscsi/initiatorname.iscsi
 # Logs of the package scripts' service starts, with their times.
 rm -rf /var/log/mysql/* /var/log/rabbitmq/* /var/log/keystone/* /var/log/glance/* /var/log/nova/* /var/log/neutron/* /var/log/cinder/* /var/log/apache2/* /var/log/openvswitch/* /var/log/ovn/* \
     /var/log/placement/* /var/log/openstack-dashboard/* /var/log/libvirt/* /var/log/dbconfig-common/* /var/log/fontconfig.log

@@ -94,8 +94,34 @@ pub const COMPUTE: Api = Api {
     catalog_suffix: "/v2.1",
 };
 
+pub const NETWORK: Api = Api {
+    name: "neutron",
+    kind: "network",
+    prefix: "network",
+    bind: "127.0.0.1:9696",
+    unit: "neutron-api",
+    probe: "/",
+    description: "OpenStack Networking",
+    service_secret: Some("neutron-service"),
+    catalog_suffix: "",
+};
+
+pub const BLOCK_STORAGE: Api = Api {
+    name: "cinder",
+    kind: "block-storage",
+    prefix: "volume",
+    bind: "127.0.0.1:8776",
+    unit: "cinder-api",
+    probe: "/",
+    description: "OpenStack Block Storage",
+    service_secret: Some("cinder-service"),
+    // Keystone fills in the project: clients of every age find the v3
+    // API there.
+    catalog_suffix: "/v3/%(project_id)s",
+};
+
 /// Every API the box serves, in the order they are brought up.
-pub const APIS: &[Api] = &[KEYSTONE, GLANCE, PLACEMENT, COMPUTE];
+pub const APIS: &[Api] = &[KEYSTONE, GLANCE, PLACEMENT, COMPUTE, NETWORK, BLOCK_STORAGE];
 
 #[cfg(test)]
 mod tests {

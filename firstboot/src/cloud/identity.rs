@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 pub struct Identity {
     addr: String,
     token: String,
+    project_id: String,
 }
 
 impl Identity {
@@ -20,12 +21,18 @@ impl Identity {
         }});
         let r = expect(request(addr, "POST", "/v3/auth/tokens", None, Some(&body))?, &format!("logging in to Keystone as {user}"), &[201])?;
         let token = r.header("x-subject-token").context("Keystone issued no X-Subject-Token")?.to_owned();
-        Ok(Identity { addr: addr.to_owned(), token })
+        let project_id = r.body["token"]["project"]["id"].as_str().context("Keystone's token names no project")?.to_owned();
+        Ok(Identity { addr: addr.to_owned(), token, project_id })
     }
 
     /// The session's token, for calls to the other APIs.
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The project the token is scoped to (in Cinder's URLs).
+    pub fn project_id(&self) -> &str {
+        &self.project_id
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>, what: &str, ok: &[u16]) -> Result<Value> {

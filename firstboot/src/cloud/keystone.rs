@@ -71,6 +71,20 @@ pub fn authtoken(ini: &mut Ini, endpoints: &Endpoints, user: &str, password: &st
         .set(S, "service_token_roles_required", true);
 }
 
+/// A section with which a service authenticates to another as its own
+/// service user in project `service` (Nova to Placement and Neutron,
+/// Neutron and Cinder to Nova).
+pub fn service_auth(ini: &mut Ini, section: &str, user: &str, password: &str) {
+    ini.set(section, "auth_type", "password")
+        .set(section, "auth_url", format!("http://{BIND}"))
+        .set(section, "project_domain_name", "Default")
+        .set(section, "user_domain_name", "Default")
+        .set(section, "project_name", "service")
+        .set(section, "username", user)
+        .set(section, "password", password)
+        .set(section, "region_name", REGION);
+}
+
 /// A cloud in root's clouds.yaml.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudEntry {

@@ -4,20 +4,28 @@
 
 pub mod amqp;
 pub mod catalog;
+pub mod cinder;
 pub mod glance;
+pub mod image_steps;
 pub mod ini;
 pub mod messaging;
+pub mod neutron;
+pub mod network_steps;
 pub mod nova;
+pub mod ovn;
 pub mod placement;
 pub mod service_steps;
 pub mod uwsgi;
+pub mod volume_steps;
 pub mod keys;
 pub mod pki;
 pub mod rest;
+pub mod scs;
 pub mod identity;
 pub mod service;
 pub mod steps;
 pub mod database;
+pub mod defaults_steps;
 pub mod frontend;
 pub mod keystone;
 

@@ -5,7 +5,7 @@
 //! The cells are rows in the API database written by first boot, not
 //! `nova-manage` runs (a Python start each, a minute under TCG).
 
-use super::catalog::{COMPUTE, GLANCE};
+use super::catalog::{BLOCK_STORAGE, COMPUTE, GLANCE};
 use super::ini::Ini;
 use super::{keystone, messaging, Endpoints};
 use crate::plan::Nova as NovaPlan;
@@ -35,17 +35,8 @@ pub struct NovaConf<'a> {
     pub pool: (u32, u32),
 }
 
-/// A section authenticating as Nova's service user (Placement, Neutron, the
-/// service token it sends along).
 fn service_auth(ini: &mut Ini, section: &str, password: &str) {
-    ini.set(section, "auth_type", "password")
-        .set(section, "auth_url", super::catalog::KEYSTONE.internal_url())
-        .set(section, "project_domain_name", "Default")
-        .set(section, "user_domain_name", "Default")
-        .set(section, "project_name", "service")
-        .set(section, "username", COMPUTE.name)
-        .set(section, "password", password)
-        .set(section, "region_name", keystone::REGION);
+    keystone::service_auth(ini, section, COMPUTE.name, password);
 }
 
 pub fn conf(c: &NovaConf) -> Ini {
@@ -82,7 +73,9 @@ pub fn conf(c: &NovaConf) -> Ini {
         .set("neutron", "service_metadata_proxy", true)
         .set("neutron", "metadata_proxy_shared_secret", c.metadata_secret)
         .set("neutron", "ovs_bridge", "br-int")
-        .set("cinder", "catalog_info", "block-storage:cinderv3:internalURL")
+        // os-vif plugs servers' ports into br-int as the nova user.
+        .set("os_vif_ovs", "ovsdb_connection", super::ovn::OVSDB)
+        .set("cinder", "catalog_info", format!("{}:{}:internalURL", BLOCK_STORAGE.kind, BLOCK_STORAGE.name))
         .set("cinder", "os_region_name", keystone::REGION)
         .set("libvirt", "virt_type", c.virt_type)
         .set("libvirt", "cpu_mode", if c.virt_type == "kvm" { "host-passthrough" } else { "none" })

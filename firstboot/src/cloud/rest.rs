@@ -25,21 +25,36 @@ impl Response {
 
 /// One request to `addr` (`127.0.0.1:5000`); `token` goes in X-Auth-Token.
 pub fn request(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&serde_json::Value>) -> Result<Response> {
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let content_type = body.map(|_| "application/json");
+    exchange(addr, method, path, token, content_type, payload.len() as u64, &mut payload.as_bytes())
+}
+
+/// A PUT of `file`'s bytes (an image upload), streamed, not held in memory.
+pub fn upload(addr: &str, path: &str, token: &str, file: &std::path::Path) -> Result<Response> {
+    let mut f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let len = f.metadata()?.len();
+    exchange(addr, "PUT", path, Some(token), Some("application/octet-stream"), len, &mut f)
+}
+
+fn exchange(addr: &str, method: &str, path: &str, token: Option<&str>, content_type: Option<&str>, len: u64, body: &mut dyn Read) -> Result<Response> {
     let what = || format!("{method} http://{addr}{path}");
     let mut s = TcpStream::connect_timeout(&addr.parse().with_context(what)?, Duration::from_secs(5)).with_context(what)?;
     // Under TCG a Python API may take its time with a first request.
     s.set_read_timeout(Some(Duration::from_secs(300)))?;
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\nContent-Length: {}\r\n", payload.len());
-    if body.is_some() {
-        head.push_str("Content-Type: application/json\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\nContent-Length: {len}\r\n");
+    if let Some(t) = content_type {
+        head.push_str(&format!("Content-Type: {t}\r\n"));
     }
     if let Some(t) = token {
         head.push_str(&format!("X-Auth-Token: {t}\r\n"));
     }
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).with_context(what)?;
-    s.write_all(payload.as_bytes()).with_context(what)?;
+    let sent = std::io::copy(body, &mut s).with_context(what)?;
+    if sent != len {
+        bail!("{}: sent {sent} of {len} bytes", what());
+    }
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).with_context(what)?;
     parse_response(&raw).with_context(what)
@@ -142,6 +157,22 @@ mod tests {
         assert_eq!(r.body["error"]["message"], "dup!");
         let err = format!("{:#}", expect(r, "creating project demo", &[201]).unwrap_err());
         assert_eq!(err, "creating project demo: HTTP 409 dup!");
+    }
+
+    #[test]
+    fn uploads_stream_the_file_with_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("disk.raw");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 95 + 32) as u8).collect();
+        std::fs::write(&file, &data).unwrap();
+        let (addr, h) = serve_once("HTTP/1.1 204 No Content\r\n\r\n".into());
+        let r = upload(&addr, "/v2/images/abc/file", "tok", &file).unwrap();
+        assert_eq!(r.status, 204);
+        let sent = h.join().unwrap();
+        assert!(sent.starts_with("PUT /v2/images/abc/file HTTP/1.1\r\n"), "{}", &sent[..200]);
+        assert!(sent.contains("Content-Length: 100000\r\n") && sent.contains("Content-Type: application/octet-stream\r\n"));
+        let body_at = sent.find("\r\n\r\n").unwrap() + 4;
+        assert_eq!(sent.len() - body_at, 100_000, "the whole file, nothing more");
     }
 
     #[test]

@@ -48,13 +48,32 @@ pub fn state(unit: &str) -> String {
     systemctl(&["show", "-p", "ActiveState", "--value", unit]).map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
-/// Started, or on its way up.
+/// Started, or on its way up: activating, or with a start job queued (a
+/// unit ordered after another stays `inactive` until that one is up).
 pub fn is_up_or_starting(unit: &str) -> bool {
     matches!(state(unit).as_str(), "active" | "activating" | "reloading")
+        || systemctl(&["list-jobs", "--no-legend", "--plain", unit]).is_ok_and(|jobs| jobs.contains(unit))
 }
 
 pub fn is_active(unit: &str) -> bool {
     systemctl(&["is-active", "--quiet", unit]).is_ok()
+}
+
+/// Waits until every one of `units` is active; one that fails, or is not
+/// up in time, is reported with its last journal lines.
+pub fn wait_active(units: &[&str], timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    for unit in units {
+        loop {
+            match state(unit).as_str() {
+                "active" => break,
+                "failed" => bail!("{unit} failed to start\n{}", journal_tail(unit)),
+                s if start.elapsed() > timeout => bail!("{unit} is {s} after {} s\n{}", timeout.as_secs(), journal_tail(unit)),
+                _ => std::thread::sleep(Duration::from_millis(300)),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The unit's last journal lines, for an error on the status page.

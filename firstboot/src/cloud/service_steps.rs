@@ -5,12 +5,12 @@
 //! queue takes the services' login.
 //!
 //! Order: messaging (after database, so RabbitMQ's minute-long start overlaps
-//! Keystone's), then after identity: glance → placement → nova → frontend →
-//! apis.
+//! Keystone's), then after identity: glance → placement → nova → (neutron,
+//! in `network_steps`) → frontend → apis.
 
 use super::amqp::{self, Login};
 use super::catalog::{self, Api, COMPUTE, GLANCE, PLACEMENT};
-use super::steps::{db_url, endpoints, has_cloud, install_uwsgi, pki_of, secret, set_stamp, stamp, write_dropin, API_TIMEOUT};
+use super::steps::{admin, db_url, endpoints, has_cloud, install_uwsgi, pki_of, secret, set_stamp, stamp, write_dropin, API_TIMEOUT};
 use super::uwsgi::Uwsgi;
 use super::{database, frontend, glance, keys, messaging, nova, placement, service};
 use crate::engine::Step;
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 /// Writes a service's config file, readable by root and the service's group
 /// only (it holds passwords).
-fn write_private_conf(root: &Path, rel: &str, text: &str, group_of: &str) -> Result<()> {
+pub(super) fn write_private_conf(root: &Path, rel: &str, text: &str, group_of: &str) -> Result<()> {
     let path = root.join(rel);
     std::fs::create_dir_all(path.parent().context("parent")?)?;
     crate::atomic::write_atomic_mode(&path, text.as_bytes(), 0o640)?;
@@ -29,7 +29,7 @@ fn write_private_conf(root: &Path, rel: &str, text: &str, group_of: &str) -> Res
     keys::chown(&path, (0, gid))
 }
 
-fn pool(ctx: &Ctx) -> Result<(u32, u32)> {
+pub(super) fn pool(ctx: &Ctx) -> Result<(u32, u32)> {
     let cp = ctx.plan()?.control_plane.context("a cloud profile's plan has a control plane")?;
     Ok((cp.db_max_pool_size, cp.db_max_overflow))
 }
@@ -77,7 +77,7 @@ impl Step<Ctx> for MessagingStep {
 }
 
 /// Configures an API under uwsgi and starts it; the `apis` step waits for it.
-fn start_api(ctx: &Ctx, api: &Api, ini: &Uwsgi, conf: (&str, String), data: &[&str]) -> Result<()> {
+pub(super) fn start_api(ctx: &Ctx, api: &Api, ini: &Uwsgi, conf: (&str, String), data: &[&str]) -> Result<()> {
     write_private_conf(&ctx.root, conf.0, &conf.1, ini.user)?;
     install_uwsgi(&ctx.root, api.unit, ini, data)?;
     service::start_in_background(&[api.unit])?;
@@ -85,7 +85,7 @@ fn start_api(ctx: &Ctx, api: &Api, ini: &Uwsgi, conf: (&str, String), data: &[&s
     set_stamp(ctx, api.name)
 }
 
-fn api_started(ctx: &Ctx, api: &Api) -> Result<bool> {
+pub(super) fn api_started(ctx: &Ctx, api: &Api) -> Result<bool> {
     Ok(!has_cloud(ctx)? || (stamp(ctx, api.name).exists() && service::is_up_or_starting(api.unit)))
 }
 
@@ -110,7 +110,7 @@ impl Step<Ctx> for GlanceStep {
         std::fs::create_dir_all(&store)?;
         keys::chown(&store, keys::system_user(&ctx.root, "glance")?)?;
         let conf = glance::conf(&db_url(ctx, "glance", "glance")?, &endpoints(ctx)?, &secret(ctx, "glance-service")?, pool(ctx)?);
-        let ini = Uwsgi { name: "glance-api", bind: GLANCE.bind, wsgi_file: "/usr/bin/glance-wsgi-api", user: "glance", processes: cp.workers.glance, streams_uploads: true };
+        let ini = Uwsgi { name: "glance-api", bind: GLANCE.bind, wsgi_file: "/usr/bin/glance-wsgi-api", user: "glance", processes: cp.workers.glance, streams_uploads: true, app_per_worker: false };
         start_api(ctx, &GLANCE, &ini, (glance::CONF, conf.render()), &[glance::STORE])
     }
 }
@@ -133,7 +133,7 @@ impl Step<Ctx> for PlacementStep {
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let cp = ctx.plan()?.control_plane.context("a cloud profile's plan has a control plane")?;
         let conf = placement::conf(&db_url(ctx, "placement", "placement")?, &endpoints(ctx)?, &secret(ctx, "placement-service")?, pool(ctx)?);
-        let ini = Uwsgi { name: "placement-api", bind: PLACEMENT.bind, wsgi_file: "/usr/bin/placement-api", user: "placement", processes: cp.workers.placement, streams_uploads: false };
+        let ini = Uwsgi { name: "placement-api", bind: PLACEMENT.bind, wsgi_file: "/usr/bin/placement-api", user: "placement", processes: cp.workers.placement, streams_uploads: false, app_per_worker: false };
         start_api(ctx, &PLACEMENT, &ini, (placement::CONF, conf.render()), &[])
     }
 }
@@ -220,7 +220,7 @@ impl Step<Ctx> for NovaStep {
         keys::chown(&instances, keys::system_user(&ctx.root, "nova")?)?;
         write_dropin(&ctx.root, "nova-compute.service", &service::requires_mounts_dropin(&[nova::INSTANCES]))?;
         service::start(LIBVIRT_UNITS, false)?;
-        let ini = Uwsgi { name: "nova-api", bind: COMPUTE.bind, wsgi_file: "/usr/bin/nova-api-wsgi", user: "nova", processes: cp.workers.nova_api, streams_uploads: false };
+        let ini = Uwsgi { name: "nova-api", bind: COMPUTE.bind, wsgi_file: "/usr/bin/nova-api-wsgi", user: "nova", processes: cp.workers.nova_api, streams_uploads: false, app_per_worker: false };
         write_private_conf(&ctx.root, nova::CONF, &conf.render(), "nova")?;
         install_uwsgi(&ctx.root, COMPUTE.unit, &ini, &[])?;
         let mut units = vec![COMPUTE.unit];
@@ -243,12 +243,15 @@ fn compute_services(token: &str) -> Result<(Vec<(String, String)>, usize)> {
     Ok((services, r.body["hypervisors"].as_array().map_or(0, Vec::len)))
 }
 
+fn admin_token(ctx: &Ctx) -> Result<String> {
+    Ok(admin(ctx)?.token().to_owned())
+}
+
 /// Every Nova service up, the compute node registered and its host mapped
 /// to cell1 (by the scheduler's periodic discovery), so servers can be
 /// scheduled onto it.
 fn compute_ready(ctx: &Ctx) -> Result<bool> {
-    let keystone = super::identity::Identity::login(catalog::KEYSTONE.bind, "admin", &secret(ctx, "keystone-admin")?, "admin")?;
-    let (services, hypervisors) = compute_services(keystone.token())?;
+    let (services, hypervisors) = compute_services(&admin_token(ctx)?)?;
     let up = |binary: &str| services.iter().any(|(b, s)| b == binary && s == "up");
     let mapped: u32 = database::query("SELECT COUNT(*) FROM nova_api.host_mappings")?.trim().parse().unwrap_or(0);
     Ok(NOVA_DAEMONS.iter().all(|d| up(d)) && hypervisors > 0 && mapped > 0)
@@ -305,6 +308,20 @@ fn check_broker(password: &str) -> Result<()> {
     Ok(())
 }
 
+/// Polls `ready` until it says yes; after `API_TIMEOUT` fails with `what`
+/// and `unit`'s last journal lines (or the last error, if it kept failing).
+fn await_ready(what: &str, unit: &str, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + API_TIMEOUT;
+    loop {
+        match ready() {
+            Ok(true) => return Ok(()),
+            Ok(false) | Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_secs(3)),
+            Ok(false) => bail!("{what} after {} s\n{}", API_TIMEOUT.as_secs(), service::journal_tail(unit)),
+            Err(e) => return Err(e.context(format!("{what} after {} s", API_TIMEOUT.as_secs()))),
+        }
+    }
+}
+
 pub struct ApisStep;
 
 impl Step<Ctx> for ApisStep {
@@ -315,7 +332,7 @@ impl Step<Ctx> for ApisStep {
         "wait for every API and the message queue"
     }
     fn depends_on(&self) -> &'static [&'static str] {
-        &["frontend", "messaging", "glance", "placement", "nova"]
+        &["frontend", "messaging", "glance", "placement", "nova", "neutron", "cinder"]
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         if !has_cloud(ctx)? {
@@ -326,7 +343,9 @@ impl Step<Ctx> for ApisStep {
         Ok(stamp(ctx, "apis").exists()
             && catalog::APIS.iter().all(answers)
             && check_broker(&secret(ctx, messaging::RABBIT_SECRET)?).is_ok()
-            && compute_ready(ctx).unwrap_or(false))
+            && compute_ready(ctx).unwrap_or(false)
+            && admin_token(ctx).and_then(|t| super::network_steps::network_ready(&t)).unwrap_or(false)
+            && admin(ctx).and_then(|k| super::volume_steps::volume_ready(k.token(), k.project_id())).unwrap_or(false))
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let started = Instant::now();
@@ -337,16 +356,12 @@ impl Step<Ctx> for ApisStep {
             service::wait_http(&local_url(api), None, "haproxy", Duration::from_secs(60))?;
             println!("ciab-firstboot: apis: {} answers through the front end ({:.0} s)", api.kind, started.elapsed().as_secs_f64());
         }
-        let deadline = Instant::now() + API_TIMEOUT;
-        loop {
-            match compute_ready(ctx) {
-                Ok(true) => break,
-                Ok(false) | Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_secs(3)),
-                Ok(false) => bail!("Nova's services are not all up after {} s\n{}", API_TIMEOUT.as_secs(), service::journal_tail("nova-compute")),
-                Err(e) => return Err(e),
-            }
-        }
+        await_ready("Nova's services are not all up", "nova-compute", || compute_ready(ctx))?;
         println!("ciab-firstboot: apis: nova-conductor, nova-scheduler and nova-compute up, the hypervisor mapped ({:.0} s)", started.elapsed().as_secs_f64());
+        await_ready("the network agents are not all alive", "ovn-controller", || admin_token(ctx).and_then(|t| super::network_steps::network_ready(&t)))?;
+        println!("ciab-firstboot: apis: network agents alive: {} ({:.0} s)", super::network_steps::REQUIRED_AGENTS.join(", "), started.elapsed().as_secs_f64());
+        await_ready("Cinder's services are not all up", "cinder-volume", || admin(ctx).and_then(|k| super::volume_steps::volume_ready(k.token(), k.project_id())))?;
+        println!("ciab-firstboot: apis: {} up ({:.0} s)", super::volume_steps::CINDER_DAEMONS.join(" and "), started.elapsed().as_secs_f64());
         let password = secret(ctx, messaging::RABBIT_SECRET)?;
         let deadline = Instant::now() + API_TIMEOUT;
         loop {

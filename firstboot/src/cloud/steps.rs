@@ -42,6 +42,11 @@ pub(super) fn secret(ctx: &Ctx, name: &str) -> Result<String> {
     crate::secrets::read(&ctx.state_dir.join("secrets"), name)
 }
 
+/// A session as the cloud's `admin` in project `admin`, through Keystone on loopback.
+pub(super) fn admin(ctx: &Ctx) -> Result<super::identity::Identity> {
+    super::identity::Identity::login(KEYSTONE.bind, "admin", &secret(ctx, "keystone-admin")?, "admin")
+}
+
 /// oslo.db's URL for `user`'s account on `database`, with its password.
 pub(super) fn db_url(ctx: &Ctx, user: &str, database: &str) -> Result<String> {
     let account = database::ACCOUNTS.iter().find(|a| a.user == user).with_context(|| format!("no database account {user}"))?;
@@ -271,7 +276,7 @@ impl Step<Ctx> for KeystoneStep {
         keys::chown(&conf, (0, user.1))?;
         keys::ensure_repository(&root.join(keystone::FERNET_KEYS), user)?;
         keys::ensure_repository(&root.join(keystone::CREDENTIAL_KEYS), user)?;
-        let api = Uwsgi { name: "keystone-api", bind: KEYSTONE.bind, wsgi_file: "/usr/bin/keystone-wsgi-public", user: "keystone", processes: cp.workers.keystone, streams_uploads: false };
+        let api = Uwsgi { name: "keystone-api", bind: KEYSTONE.bind, wsgi_file: "/usr/bin/keystone-wsgi-public", user: "keystone", processes: cp.workers.keystone, streams_uploads: false, app_per_worker: false };
         install_uwsgi(&root, KEYSTONE.unit, &api, &[])?;
         // After a power cut this step may run before boot has brought the
         // database back: wait for it rather than let oslo.db retry for minutes.

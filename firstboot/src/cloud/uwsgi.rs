@@ -17,6 +17,10 @@ pub struct Uwsgi<'a> {
     /// Takes request bodies of any size (image uploads): chunked input
     /// passed through instead of buffered.
     pub streams_uploads: bool,
+    /// Loads the app in each worker after the fork instead of once in the
+    /// master: needed by an app that starts threads or opens connections at
+    /// load time (Neutron's OVN database connections), which a fork loses.
+    pub app_per_worker: bool,
 }
 
 impl Uwsgi<'_> {
@@ -27,9 +31,14 @@ impl Uwsgi<'_> {
 
     pub fn ini(&self) -> String {
         let Uwsgi { name, bind, wsgi_file, user, processes, .. } = *self;
+        let lazy = self.app_per_worker;
         let mut ini = format!(
-            "# Written by ciab-firstboot from the sizing plan.\n[uwsgi]\nhttp-socket = {bind}\nprocesses = {processes}\nthreads = 1\nmaster = true\nlazy-apps = false\nplugins = python3\nwsgi-file = {wsgi_file}\nname = {name}\nuid = {user}\ngid = {user}\nchdir = /var/lib/{user}\nbuffer-size = 65535\nrem-header = Content-Length\nthunder-lock = true\nno-orphans = true\ndie-on-term = true\nclose-on-exec = true\nclose-on-exec2 = true\nenable-threads = true\nlisten = 100\nlogto = /var/log/{user}/{name}.log\n"
+            "# Written by ciab-firstboot from the sizing plan.\n[uwsgi]\nhttp-socket = {bind}\nprocesses = {processes}\nthreads = 1\nmaster = true\nlazy-apps = {lazy}\nplugins = python3\nwsgi-file = {wsgi_file}\nname = {name}\nuid = {user}\ngid = {user}\nchdir = /var/lib/{user}\nbuffer-size = 65535\nrem-header = Content-Length\nthunder-lock = true\nno-orphans = true\ndie-on-term = true\nclose-on-exec = true\nclose-on-exec2 = true\nenable-threads = true\nlisten = 100\nlogto = /var/log/{user}/{name}.log\n"
         );
+        if lazy {
+            // The time Neutron's workers register in OVN's hash ring with.
+            ini.push_str("start-time = %t\n");
+        }
         if self.streams_uploads {
             ini.push_str("http-auto-chunked = true\nhttp-chunked-input = true\nhttp-raw-body = true\nwsgi-manage-chunked-input = true\nsocket-timeout = 300\n");
         }
@@ -49,12 +58,14 @@ mod tests {
 
     #[test]
     fn runs_the_plans_process_count_on_loopback() {
-        let u = Uwsgi { name: "keystone-api", bind: "127.0.0.1:5000", wsgi_file: "/usr/bin/keystone-wsgi-public", user: "keystone", processes: 2, streams_uploads: false };
+        let u = Uwsgi { name: "keystone-api", bind: "127.0.0.1:5000", wsgi_file: "/usr/bin/keystone-wsgi-public", user: "keystone", processes: 2, streams_uploads: false, app_per_worker: false };
         let ini = u.ini();
         assert!(ini.contains("\nhttp-socket = 127.0.0.1:5000\nprocesses = 2\nthreads = 1\n"), "{ini}");
         assert!(ini.contains("\nlazy-apps = false\n"));
         assert!(ini.contains("\nlogto = /var/log/keystone/keystone-api.log\n"));
-        assert!(!ini.contains("chunked"));
+        assert!(!ini.contains("chunked") && !ini.contains("start-time"));
+        let neutron = Uwsgi { app_per_worker: true, ..u }.ini();
+        assert!(neutron.contains("\nlazy-apps = true\n") && neutron.contains("\nstart-time = %t\n"), "{neutron}");
         let uploads = Uwsgi { streams_uploads: true, ..u }.ini();
         assert!(uploads.contains("\nhttp-chunked-input = true\n") && uploads.contains("\nwsgi-manage-chunked-input = true\n"), "{uploads}");
         assert_eq!(Uwsgi::ini_path("keystone"), "etc/ciab/uwsgi/keystone.ini");
