@@ -145,7 +145,7 @@ fn add_guest_images(ctx: &Context, rootfs: &Rootfs, tree: &Path, work: &Path) ->
 /// standard scs-0102 (image metadata): it is private (made here, not an
 /// upstream image), built from the image's own packages at the build's date.
 fn guest_properties(ctx: &Context, g: &GuestImageSpec, kernel: &str) -> BTreeMap<String, String> {
-    let date = chrono_date(ctx.epoch());
+    let date = build_date(ctx.epoch());
     let description = match g.build {
         GuestBuild::Tiny => format!("ciab's tiny test guest: Debian kernel {kernel} and busybox; takes an address by DHCP, serves a page on port 80, prints \"{}\" lines on its console", super::guest::MARKER),
     };
@@ -171,26 +171,16 @@ fn guest_properties(ctx: &Context, g: &GuestImageSpec, kernel: &str) -> BTreeMap
 }
 
 /// `YYYY-MM-DD` of a Unix time (UTC), for `image_build_date`.
-fn chrono_date(epoch: i64) -> String {
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = epoch.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+fn build_date(epoch: i64) -> String {
+    super::manifest::iso8601(epoch)[..10].to_owned()
 }
 
 #[cfg(test)]
 mod guest_tests {
     #[test]
     fn build_dates_are_civil_dates() {
-        assert_eq!(super::chrono_date(0), "1970-01-01");
-        assert_eq!(super::chrono_date(951_782_400), "2000-02-29");
-        assert_eq!(super::chrono_date(1_767_225_599), "2025-12-31");
+        assert_eq!(super::build_date(0), "1970-01-01");
+        assert_eq!(super::build_date(951_782_400), "2000-02-29");
+        assert_eq!(super::build_date(1_767_225_599), "2025-12-31");
     }
 }
