@@ -702,20 +702,23 @@ impl Vm {
         self.serial.lock().tail(n)
     }
 
-    /// Wait for a serial line containing `needle` that comes after the
-    /// previous match (so waiting twice for the same text waits for a second
-    /// occurrence). An unterminated last line (e.g. a `login: ` prompt)
-    /// matches too. On failure the error has the last 40 lines and QEMU's
-    /// state (exit status and stderr if it exited).
+    /// Wait for a complete serial line (one that has its newline) containing
+    /// `needle` that comes after the previous match, so waiting twice for the
+    /// same text waits for a second occurrence. Only whole lines match: a
+    /// caller inspecting the returned line must never get it cut mid-write
+    /// (`"first boot "` matched `"first boot com"` once, and
+    /// `"ciab-guest: up, "` matched before its address arrived). On failure
+    /// the error has the last 40 lines and QEMU's state (exit status and
+    /// stderr if it exited).
     pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> Result<String> {
-        self.wait_for(needle, timeout, true)
+        self.wait_for(needle, timeout, false)
     }
 
-    /// Like [`Vm::wait_for_line`], but only a line that has its newline
-    /// matches: for a needle that is a prefix of lines the caller then
-    /// inspects (`"first boot "` matched `"first boot com"` mid-write once).
-    pub fn wait_for_whole_line(&self, needle: &str, timeout: Duration) -> Result<String> {
-        self.wait_for(needle, timeout, false)
+    /// Like [`Vm::wait_for_line`], but the unterminated last line matches
+    /// too: for prompts (`login: `, `Shell> `, a question waiting for
+    /// input) that never get a newline until someone answers.
+    pub fn wait_for_prompt(&self, needle: &str, timeout: Duration) -> Result<String> {
+        self.wait_for(needle, timeout, true)
     }
 
     fn wait_for(&self, needle: &str, timeout: Duration, partial_matches: bool) -> Result<String> {
@@ -1048,7 +1051,7 @@ mod tests {
         let line = vm.wait_for_line("BdsDxe", Duration::from_secs(120));
         println!("BdsDxe after {:?}: {line:?}", t.elapsed());
         line.unwrap();
-        let shell = vm.wait_for_line("Shell>", Duration::from_secs(60));
+        let shell = vm.wait_for_prompt("Shell>", Duration::from_secs(60));
         println!("shell: {shell:?}");
         println!("serial: {:#?}", vm.serial_tail(20));
         vm.power_cut().unwrap();

@@ -24,7 +24,7 @@ const FIRST_BOOT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// Waits for first boot's end; a failure fails the test at once with the console.
 fn wait_first_boot(vm: &Vm) {
-    let line = vm.wait_for_whole_line("ciab: first boot ", FIRST_BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e:#}"));
+    let line = vm.wait_for_line("ciab: first boot ", FIRST_BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e:#}"));
     if !line.contains("first boot complete") {
         panic!("{}", vm.failure_report(&line));
     }
