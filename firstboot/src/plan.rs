@@ -194,6 +194,8 @@ pub struct Workers {
     pub keystone: u32,
     pub glance: u32,
     pub nova_api: u32,
+    /// Nova's metadata API, which the OVN metadata agent proxies guests to.
+    pub nova_metadata: u32,
     pub nova_conductor: u32,
     pub nova_scheduler: u32,
     pub placement: u32,
@@ -275,6 +277,7 @@ impl Volumes {
 const KEYSTONE_MIB: u64 = 150;
 const GLANCE_MIB: u64 = 200;
 const NOVA_API_MIB: u64 = 180;
+const NOVA_METADATA_MIB: u64 = 150;
 const NOVA_CONDUCTOR_MIB: u64 = 150;
 const NOVA_SCHEDULER_MIB: u64 = 150;
 const PLACEMENT_MIB: u64 = 120;
@@ -415,6 +418,7 @@ fn control_plane(profile: Profile, virt: Virtualization, memory_mib: u64, cpus: 
         keystone: w,
         glance: half,
         nova_api: w,
+        nova_metadata: half,
         nova_conductor: w,
         nova_scheduler: half,
         placement: w,
@@ -426,6 +430,7 @@ fn control_plane(profile: Profile, virt: Virtualization, memory_mib: u64, cpus: 
     let services_ram_mib = n(workers.keystone) * KEYSTONE_MIB
         + n(workers.glance) * GLANCE_MIB
         + n(workers.nova_api) * NOVA_API_MIB
+        + n(workers.nova_metadata) * NOVA_METADATA_MIB
         + n(workers.nova_conductor) * NOVA_CONDUCTOR_MIB
         + n(workers.nova_scheduler) * NOVA_SCHEDULER_MIB
         + n(workers.placement) * PLACEMENT_MIB
@@ -440,6 +445,7 @@ fn control_plane(profile: Profile, virt: Virtualization, memory_mib: u64, cpus: 
     let db_processes = workers.keystone
         + workers.glance
         + workers.nova_api
+        + workers.nova_metadata
         + workers.nova_conductor
         + workers.nova_scheduler
         + workers.placement
@@ -719,6 +725,7 @@ mod tests {
                 keystone: 4,
                 glance: 2,
                 nova_api: 4,
+                nova_metadata: 2,
                 nova_conductor: 4,
                 nova_scheduler: 2,
                 placement: 4,
@@ -727,18 +734,18 @@ mod tests {
                 horizon: 2
             }
         );
-        assert_eq!(cp.mariadb, Mariadb { innodb_buffer_pool_mib: 1920, max_connections: 330, ram_mib: 2506 });
+        assert_eq!(cp.mariadb, Mariadb { innodb_buffer_pool_mib: 1920, max_connections: 350, ram_mib: 2526 });
         assert_eq!(cp.rabbitmq, Rabbitmq { memory_high_watermark_mib: 960, ram_mib: 1440 });
         assert_eq!(cp.memcached, Memcached { memory_mib: 448, ram_mib: 480 });
-        assert_eq!(cp.services_ram_mib, 6500);
+        assert_eq!(cp.services_ram_mib, 6800);
         assert_eq!(cp.kaas_ram_mib, 2048);
-        assert_eq!(cp.ram_mib, 12_974);
+        assert_eq!(cp.ram_mib, 13_294);
         assert!(cp.ram_mib <= 16 * 1024, "the control plane fits in 16 GiB");
         assert_eq!(cp.cpus, 4);
         let n = p.nova.unwrap();
-        assert_eq!(n.reserved_host_memory_mb, 19_630);
+        assert_eq!(n.reserved_host_memory_mb, 19_950);
         assert_eq!(n.guest_overhead_mib, 3584);
-        assert_eq!(n.instance_ram_mib, 109_174);
+        assert_eq!(n.instance_ram_mib, 108_854);
         assert_eq!(n.reserved_host_cpus, 6);
         assert_eq!((n.cpu_allocation_ratio, n.ram_allocation_ratio, n.disk_allocation_ratio), (4.0, 1.0, 1.0));
         assert_eq!(n.instance_vcpus, 104);
@@ -765,18 +772,18 @@ mod tests {
         let cp = p.control_plane.unwrap();
         let w = cp.workers;
         assert_eq!(
-            [w.keystone, w.glance, w.nova_api, w.nova_conductor, w.nova_scheduler, w.placement, w.neutron_server, w.cinder_api, w.horizon],
-            [1; 9]
+            [w.keystone, w.glance, w.nova_api, w.nova_metadata, w.nova_conductor, w.nova_scheduler, w.placement, w.neutron_server, w.cinder_api, w.horizon],
+            [1; 10]
         );
-        assert_eq!(cp.mariadb, Mariadb { innodb_buffer_pool_mib: 256, max_connections: 150, ram_mib: 662 });
+        assert_eq!(cp.mariadb, Mariadb { innodb_buffer_pool_mib: 256, max_connections: 160, ram_mib: 672 });
         assert_eq!(cp.rabbitmq, Rabbitmq { memory_high_watermark_mib: 256, ram_mib: 384 });
         assert_eq!(cp.memcached, Memcached { memory_mib: 64, ram_mib: 96 });
-        assert_eq!(cp.services_ram_mib, 3250);
-        assert_eq!(cp.ram_mib, 5416);
+        assert_eq!(cp.services_ram_mib, 3400);
+        assert_eq!(cp.ram_mib, 5576);
         assert_eq!(cp.cpus, 1);
         let n = p.nova.unwrap();
-        assert_eq!(n.reserved_host_memory_mb, 6952);
-        assert_eq!(n.instance_ram_mib, 5006);
+        assert_eq!(n.reserved_host_memory_mb, 7112);
+        assert_eq!(n.instance_ram_mib, 4846);
         assert_eq!(n.reserved_host_cpus, 2);
         assert_eq!((n.cpu_allocation_ratio, n.ram_allocation_ratio, n.disk_allocation_ratio), (1.0, 1.0, 2.0));
         assert_eq!(n.instance_vcpus, 2);

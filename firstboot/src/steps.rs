@@ -2,8 +2,9 @@
 //! discover → site-config → plan → secrets → storage → network → system →
 //! registry → (the cloud's, in `cloud::steps` and `cloud::*_steps`:
 //! pki → database → messaging → ovn → keystone → identity → glance →
-//! placement → nova → neutron → cinder → frontend → apis →
-//! external-network → flavors → guest-images) → ready.
+//! placement → nova → neutron → cinder → horizon → frontend → apis →
+//! external-network → flavors → volume-types → security-groups →
+//! guest-images) → ready.
 //!
 //! Each step keeps what it learned under the state directory (as JSON), so a
 //! run resumed after a power cut picks it up in `check()` instead of redoing
@@ -88,10 +89,13 @@ pub fn all() -> Vec<Box<dyn Step<Ctx>>> {
         Box::new(crate::cloud::service_steps::NovaStep),
         Box::new(crate::cloud::network_steps::NeutronStep),
         Box::new(crate::cloud::volume_steps::CinderStep),
+        Box::new(crate::cloud::dashboard_steps::HorizonStep),
         Box::new(crate::cloud::service_steps::FrontendStep),
         Box::new(crate::cloud::service_steps::ApisStep),
         Box::new(crate::cloud::network_steps::ExternalNetworkStep),
         Box::new(crate::cloud::defaults_steps::FlavorsStep),
+        Box::new(crate::cloud::defaults_steps::VolumeTypesStep),
+        Box::new(crate::cloud::defaults_steps::SecurityGroupsStep),
         Box::new(crate::cloud::image_steps::GuestImagesStep),
         Box::new(ReadyStep),
     ]
@@ -491,7 +495,7 @@ impl Step<Ctx> for ReadyStep {
         "finish"
     }
     fn depends_on(&self) -> &'static [&'static str] {
-        &["secrets", "storage", "network", "system", "registry", "identity", "apis", "external-network", "flavors", "guest-images"]
+        &["secrets", "storage", "network", "system", "registry", "identity", "apis", "external-network", "flavors", "volume-types", "security-groups", "guest-images"]
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         Ok(ctx.state_dir.join(DONE_STAMP).exists())
@@ -547,7 +551,7 @@ mod tests {
                 assert!(at < i, "{} depends on {d}, which is not earlier", s.name());
             }
         }
-        assert_eq!(names, ["discover", "site-config", "plan", "secrets", "storage", "network", "system", "registry", "pki", "database", "messaging", "ovn", "keystone", "identity", "glance", "placement", "nova", "neutron", "cinder", "frontend", "apis", "external-network", "flavors", "guest-images", "ready"]);
+        assert_eq!(names, ["discover", "site-config", "plan", "secrets", "storage", "network", "system", "registry", "pki", "database", "messaging", "ovn", "keystone", "identity", "glance", "placement", "nova", "neutron", "cinder", "horizon", "frontend", "apis", "external-network", "flavors", "volume-types", "security-groups", "guest-images", "ready"]);
     }
 
     #[test]

@@ -68,9 +68,31 @@ fn fingerprint_of(pem_file: &Path) -> String {
     out.trim().split('=').nth(1).unwrap().to_owned()
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// In `./test.sh` (CI): everything but a server.
+    Ci,
+    /// Also boots a server and attaches a volume: too long for CI's budget
+    /// under TCG. README § Long tests.
+    Long,
+}
+
 #[test]
 fn eval_serves_keystone_through_the_tls_front_end_and_survives_power_cuts() {
-    let dir = images::work_dir().join("iaas-keystone");
+    run(Tier::Ci);
+}
+
+#[test]
+#[ignore = "long tier (README § Long tests): cargo test --release -p ciab-qemu-tests --test iaas -- --ignored"]
+fn a_member_boots_a_server_with_a_volume_and_a_floating_ip() {
+    run(Tier::Long);
+}
+
+fn run(tier: Tier) {
+    let dir = images::work_dir().join(match tier {
+        Tier::Ci => "iaas",
+        Tier::Long => "iaas-long",
+    });
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let raw = ciab_builder::run::resolve_image(&images::eval().unwrap(), true).unwrap();
@@ -130,7 +152,8 @@ fn eval_serves_keystone_through_the_tls_front_end_and_survives_power_cuts() {
     assert!(has("cinder: thin pool ciab/ciab-pool, tgt and iscsid up; cinder-scheduler, cinder-volume starting"), "{lines:#?}");
     assert!(has("apis: cinder-scheduler and cinder-volume up"), "{lines:#?}");
     assert!(has("neutron: OVN chassis up (gateway, physnet1 on br-ex); metadata agent starting"), "{lines:#?}");
-    assert!(has("nova: nova-api, nova-conductor, nova-scheduler, nova-compute starting; libvirt virt_type="), "{lines:#?}");
+    assert!(has("nova: nova-api, nova-api-metadata, nova-conductor, nova-scheduler, nova-compute starting; libvirt virt_type="), "{lines:#?}");
+    assert!(has("apis: Nova's metadata API answers on http://127.0.0.1:8775/ for the OVN metadata agent"), "{lines:#?}");
     assert!(has("apis: nova-conductor, nova-scheduler and nova-compute up, the hypervisor mapped"), "{lines:#?}");
     for api in ["identity", "image", "placement", "compute", "network", "block-storage"] {
         assert!(has(&format!("apis: {api} answers through the front end")), "{api}: {lines:#?}");
@@ -138,8 +161,12 @@ fn eval_serves_keystone_through_the_tls_front_end_and_survives_power_cuts() {
     assert!(has("apis: network agents alive: OVN Controller Gateway agent, OVN Metadata agent"), "{lines:#?}");
     assert!(has("external-network: public (172.24.4.0/24, flat on physnet1) for routers and floating IPs"), "{lines:#?}");
     assert!(has("flavors: the 15 mandatory flavors of scs-0103 (15 created), with their scs: extra specs"), "{lines:#?}");
+    assert!(has("volume-types: lvm-thin (default; backend lvm): "), "{lines:#?}");
+    assert!(has("security-groups: new groups allow all egress (IPv4, IPv6) and ingress only from the group itself, in default groups only (0 removed, 0 added)"), "Neutron's own defaults already follow scs-0115: {lines:#?}");
     assert!(lines.iter().any(|l| l.contains("guest-images: ciab-tiny (") && l.contains("active in Glance as ")), "{lines:#?}");
     assert!(has("apis: RabbitMQ takes the services' login and refuses guest"), "{lines:#?}");
+    assert!(has("horizon: starting on 127.0.0.1:8090, served at /horizon through the front end"), "{lines:#?}");
+    assert!(has("apis: Horizon's login page answers through the front end"), "{lines:#?}");
 
     // The status page offers the CA the console announced.
     let ca = dir.join("ca.crt");
@@ -246,7 +273,8 @@ fn eval_serves_keystone_through_the_tls_front_end_and_survives_power_cuts() {
     assert_eq!(code, 204, "{body}");
 
     // The member builds a tenant network routed to the external network,
-    // takes a floating IP from it, and then removes it all again.
+    // boots the box's own guest image on it, attaches a volume, takes a
+    // floating IP, and then removes it all again.
     let json = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap_or_else(|e| panic!("{e}: {body}"));
     let t4 = Instant::now();
     let public = loop {
@@ -283,26 +311,148 @@ fn eval_serves_keystone_through_the_tls_front_end_and_survives_power_cuts() {
     assert!(gateway_ip.starts_with("172.24.4."), "{router:#}");
     send("PUT", &format!("/network/v2.0/routers/{router_id}/add_router_interface"), &format!(r#"{{"subnet_id": "{subnet_id}"}}"#), 200);
 
-    // The SCS flavors, visible to the member.
+    // The SCS flavors, with scs-0103's extra specs, visible to the member.
     let flavors = get("/compute/v2.1/flavors/detail");
     let names: Vec<&str> = flavors["flavors"].as_array().unwrap().iter().filter_map(|f| f["name"].as_str()).collect();
     for want in ["SCS-1V-4", "SCS-2V-8", "SCS-4V-16", "SCS-8V-32", "SCS-1V-2", "SCS-2V-4", "SCS-4V-8", "SCS-8V-16", "SCS-16V-32", "SCS-1V-8", "SCS-2V-16", "SCS-4V-32", "SCS-1L-1", "SCS-2V-4-20s", "SCS-4V-16-100s"] {
         assert!(names.contains(&want), "{want} in {names:?}");
+    }
+    let specs = get("/compute/v2.1/flavors/SCS-2V-4-20s/os-extra_specs");
+    assert_eq!(specs["extra_specs"]["scs:name-v1"], "SCS-2V:4:20s", "{specs:#}");
+    assert_eq!(specs["extra_specs"]["scs:disk0-type"], "ssd", "{specs:#}");
+
+    // scs-0115: the member's default security group lets nothing in but
+    // its own members' traffic; everything may go out.
+    let groups = get("/network/v2.0/security-groups?name=default");
+    let [group] = groups["security_groups"].as_array().unwrap().as_slice() else { panic!("one default group for the project: {groups:#}") };
+    let rules = group["security_group_rules"].as_array().unwrap();
+    for rule in rules.iter().filter(|r| r["direction"] == "ingress") {
+        assert_eq!(rule["remote_group_id"], group["id"], "ingress only from the group itself: {rule:#}");
+    }
+    for ethertype in ["IPv4", "IPv6"] {
+        assert!(rules.iter().any(|r| r["direction"] == "egress" && r["ethertype"] == ethertype && r["remote_ip_prefix"].is_null() && r["protocol"].is_null()), "egress anywhere over {ethertype}: {rules:#?}");
+    }
+
+    // scs-0114: the default volume type, described for users. Its
+    // description may start with an aspect list only of the standard's
+    // aspects, sorted, each once; this one is neither encrypted nor
+    // replicated, so it must not claim either.
+    let types = get(&format!("/volume/v3/{project_id}/types"));
+    let lvm = types["volume_types"].as_array().unwrap().iter().find(|t| t["name"] == "lvm-thin").unwrap_or_else(|| panic!("the box's volume type is visible to members: {types:#}")).clone();
+    let description = lvm["description"].as_str().unwrap_or_default();
+    assert!(description.contains("iSCSI") && !description.starts_with("[scs:"), "{lvm:#}");
+    for t in types["volume_types"].as_array().unwrap() {
+        if let Some(list) = t["description"].as_str().and_then(|d| d.strip_prefix("[scs:")) {
+            let aspects: Vec<&str> = list.split(']').next().unwrap().split(',').map(str::trim).collect();
+            assert!(aspects.iter().all(|a| ["encrypted", "replicated"].contains(a)) && aspects.windows(2).all(|w| w[0] < w[1]), "{t:#}");
+        }
     }
 
     // The guest image first boot registered from the bundle.
     let images = get("/image/v2/images?name=ciab-tiny");
     let image = images["images"].as_array().unwrap().first().unwrap_or_else(|| panic!("ciab-tiny in Glance: {images:#}")).clone();
     assert_eq!((image["status"].as_str(), image["visibility"].as_str(), image["image_source"].as_str()), (Some("active"), Some("public"), Some("private")), "{image:#}");
+    let image_id = image["id"].as_str().unwrap().to_owned();
 
-    // A floating IP from the external network.
-    let fip = send("POST", "/network/v2.0/floatingips", &format!(r#"{{"floatingip": {{"floating_network_id": "{public_id}"}}}}"#), 201);
+    // The long tier also boots the guest image as a server, attaches a
+    // volume to it and puts the floating IP on its port.
+    let volumes = format!("/volume/v3/{project_id}/volumes");
+    let mut launched: Option<(String, String, Duration, Duration)> = None;
+    if tier == Tier::Long {
+        // A server from it; SCS-2V-4-20s is the smallest mandatory flavor with a
+        // root disk (a member may not boot an image on a zero-disk flavor).
+        let t5 = Instant::now();
+        let server = send("POST", "/compute/v2.1/servers", &format!(r#"{{"server": {{"name": "e2e-server", "imageRef": "{image_id}", "flavorRef": "SCS-2V-4-20s", "networks": [{{"uuid": "{network_id}"}}]}}}}"#), 202);
+        let server_id = server["server"]["id"].as_str().unwrap().to_owned();
+        loop {
+            let s = get(&format!("/compute/v2.1/servers/{server_id}"));
+            match s["server"]["status"].as_str() {
+                Some("ACTIVE") => break,
+                Some("BUILD") if t5.elapsed() < Duration::from_secs(900) => std::thread::sleep(Duration::from_secs(5)),
+                other => panic!("server {other:?} after {:?}: {s:#}\n{}", t5.elapsed(), vm.failure_report("server")),
+            }
+        }
+        let active = t5.elapsed();
+        let console = loop {
+            let out = send("POST", &format!("/compute/v2.1/servers/{server_id}/action"), r#"{"os-getConsoleOutput": {"length": 100}}"#, 200);
+            let text = out["output"].as_str().unwrap_or_default().to_owned();
+            if text.contains("ciab-guest: up, ") {
+                break text;
+            }
+            assert!(t5.elapsed() < Duration::from_secs(1200), "no marker on the server's console after {:?}:\n{text}", t5.elapsed());
+            std::thread::sleep(Duration::from_secs(5));
+        };
+        let up = t5.elapsed();
+        let marker = console.lines().find(|l| l.contains("ciab-guest: up, ")).unwrap().to_owned();
+        assert!(marker.contains(" 10.10.0."), "the server took its address on e2e-subnet from OVN's DHCP: {marker}");
+
+        // A 1 GiB volume (a thin LV exported by tgt), attached over iSCSI and detached.
+        let volume = send("POST", &volumes, r#"{"volume": {"name": "e2e-volume", "size": 1}}"#, 202);
+        let volume_id = volume["volume"]["id"].as_str().unwrap().to_owned();
+        let wait_volume = |want: &str, from: &[&str]| {
+            let t = Instant::now();
+            loop {
+                let v = get(&format!("{volumes}/{volume_id}"));
+                match v["volume"]["status"].as_str() {
+                    Some(s) if s == want => return v,
+                    Some(s) if from.contains(&s) && t.elapsed() < Duration::from_secs(600) => std::thread::sleep(Duration::from_secs(3)),
+                    other => panic!("volume {other:?}, waiting for {want}, after {:?}: {v:#}\n{}", t.elapsed(), vm.failure_report("volume")),
+                }
+            }
+        };
+        let v = wait_volume("available", &["creating"]);
+        assert_eq!(v["volume"]["size"], 1, "{v:#}");
+        assert_eq!(v["volume"]["volume_type"], "lvm-thin", "the default type: {v:#}");
+        send("POST", &format!("/compute/v2.1/servers/{server_id}/os-volume_attachments"), &format!(r#"{{"volumeAttachment": {{"volumeId": "{volume_id}"}}}}"#), 200);
+        let v = wait_volume("in-use", &["available", "reserved", "attaching"]);
+        assert_eq!(v["volume"]["attachments"][0]["server_id"], server_id.as_str(), "{v:#}");
+        let (code, _, body) = api("DELETE", &format!("/compute/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}"), &[]);
+        assert_eq!(code, 202, "{body}");
+        wait_volume("available", &["in-use", "detaching"]);
+
+        launched = Some((server_id, volume_id, active, up));
+    }
+
+    // A floating IP from the external network, on the server's port when there is one.
+    let port_id = launched.as_ref().map(|(server_id, ..)| {
+        let ports = get(&format!("/network/v2.0/ports?device_id={server_id}"));
+        ports["ports"][0]["id"].as_str().unwrap_or_else(|| panic!("the server's port: {ports:#}")).to_owned()
+    });
+    let fip_body = match &port_id {
+        Some(port_id) => format!(r#"{{"floatingip": {{"floating_network_id": "{public_id}", "port_id": "{port_id}"}}}}"#),
+        None => format!(r#"{{"floatingip": {{"floating_network_id": "{public_id}"}}}}"#),
+    };
+    let fip = send("POST", "/network/v2.0/floatingips", &fip_body, 201);
     let fip_id = fip["floatingip"]["id"].as_str().unwrap().to_owned();
     assert!(fip["floatingip"]["floating_ip_address"].as_str().unwrap().starts_with("172.24.4."), "{fip:#}");
+    assert_eq!(fip["floatingip"]["port_id"].as_str(), port_id.as_deref(), "{fip:#}");
 
-    // Everything goes again, and nothing is left.
+    // Everything goes again, and nothing is left, or left in error.
     let (code, _, body) = api("DELETE", &format!("/network/v2.0/floatingips/{fip_id}"), &[]);
     assert_eq!(code, 204, "{body}");
+    if let Some((server_id, volume_id, ..)) = &launched {
+        let (code, _, body) = api("DELETE", &format!("/compute/v2.1/servers/{server_id}"), &[]);
+        assert_eq!(code, 204, "{body}");
+        let t6 = Instant::now();
+        loop {
+            let (code, _, body) = api("GET", &format!("/compute/v2.1/servers/{server_id}"), &[]);
+            if code == 404 {
+                break;
+            }
+            assert!(t6.elapsed() < Duration::from_secs(600) && json(&body)["server"]["status"] != "ERROR", "{code} {body}");
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        let (code, _, body) = api("DELETE", &format!("{volumes}/{volume_id}"), &[]);
+        assert_eq!(code, 202, "{body}");
+        loop {
+            let (code, _, body) = api("GET", &format!("{volumes}/{volume_id}"), &[]);
+            if code == 404 {
+                break;
+            }
+            assert!(t6.elapsed() < Duration::from_secs(900) && json(&body)["volume"]["status"] == "deleting", "{code} {body}");
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
     send("PUT", &format!("/network/v2.0/routers/{router_id}/remove_router_interface"), &format!(r#"{{"subnet_id": "{subnet_id}"}}"#), 200);
     for path in [format!("/network/v2.0/routers/{router_id}"), format!("/network/v2.0/networks/{network_id}")] {
         let (code, _, body) = api("DELETE", &path, &[]);
@@ -313,8 +463,42 @@ fn eval_serves_keystone_through_the_tls_front_end_and_survives_power_cuts() {
         ("/network/v2.0/routers".to_owned(), "routers"),
         ("/network/v2.0/floatingips".to_owned(), "floatingips"),
         ("/network/v2.0/ports?device_owner=network:router_interface".to_owned(), "ports"),
+        ("/compute/v2.1/servers".to_owned(), "servers"),
+        (volumes.clone(), "volumes"),
     ] {
         assert_eq!(get(&path)[key].as_array().map(Vec::len), Some(0), "nothing left in {path}");
+    }
+
+    // Horizon, through the front end as a browser would: the login page,
+    // the member's login (Django's CSRF check against the forwarded
+    // https origin), and the project's overview in the session.
+    let jar = dir.join("horizon.cookies");
+    let jar = jar.to_str().unwrap();
+    let horizon = format!("https://localhost:{https}/horizon");
+    let (code, _, page) = curl(&["--cacert", ca.to_str().unwrap(), "-c", jar, "-b", jar, &format!("{horizon}/auth/login/")]);
+    assert_eq!(code, 200, "{page}");
+    let field = |name: &str| page.split(&format!("name=\"{name}\"")).nth(1).and_then(|r| r.split("value=\"").nth(1)).and_then(|r| r.split('"').next()).map(str::to_owned);
+    let csrf = field("csrfmiddlewaretoken").unwrap_or_else(|| panic!("a CSRF token in the login form: {page}"));
+    let mut form = vec![format!("csrfmiddlewaretoken={csrf}"), "username=demo".to_owned(), format!("password={}", member_password.trim())];
+    if let Some(region) = field("region") {
+        form.push(format!("region={region}"));
+    }
+    let referer = format!("Referer: {horizon}/auth/login/");
+    let mut args = vec!["--cacert", ca.to_str().unwrap(), "-c", jar, "-b", jar, "-H", &referer];
+    for f in &form {
+        args.extend(["--data-urlencode", f.as_str()]);
+    }
+    let login_url = format!("{horizon}/auth/login/");
+    args.push(&login_url);
+    let (code, headers, body) = curl(&args);
+    assert_eq!(code, 302, "the login redirects into the dashboard: {headers}{body}");
+    assert!(!headers.to_ascii_lowercase().contains("location: /horizon/auth/login"), "the login was refused: {headers}");
+    let (code, _, overview) = curl(&["--cacert", ca.to_str().unwrap(), "-c", jar, "-b", jar, &format!("{horizon}/project/")]);
+    assert_eq!(code, 200, "{overview}");
+    assert!(overview.contains("demo") && !overview.contains("id=\"id_password\""), "the member's project overview, not the login form: {overview}");
+
+    if let Some((_, _, active, up)) = launched {
+        eprintln!("iaas: server e2e-server ACTIVE {:.0} s after the request, its console marker at {:.0} s", active.as_secs_f64(), up.as_secs_f64());
     }
     eprintln!(
         "iaas: power-on to the keystone step {:.0} s; resumed boot to ready {:.0} s; third boot to a token {:.0} s",

@@ -39,6 +39,8 @@ pub fn conf(c: &CinderConf) -> Ini {
         .set("DEFAULT", "auth_strategy", "keystone")
         .set("DEFAULT", "state_path", "/var/lib/cinder")
         .set("DEFAULT", "enabled_backends", BACKEND)
+        // Created by the volume-types step, described per scs-0114.
+        .set("DEFAULT", "default_volume_type", super::scs::DEFAULT_VOLUME_TYPE)
         .set("DEFAULT", "glance_api_servers", GLANCE.internal_url())
         .set("DEFAULT", "public_endpoint", BLOCK_STORAGE.public_url(c.endpoints))
         .set("DEFAULT", "storage_availability_zone", "nova")
@@ -81,6 +83,7 @@ mod tests {
             pool: (5, 10),
         });
         assert_eq!(ini.get("DEFAULT", "enabled_backends"), Some("lvm"));
+        assert_eq!(ini.get("DEFAULT", "default_volume_type"), Some("lvm-thin"));
         assert_eq!(ini.get("DEFAULT", "public_endpoint"), Some("https://cloud.example.org/volume"));
         assert_eq!(ini.get("DEFAULT", "glance_api_servers"), Some("http://127.0.0.1:9292"));
         assert_eq!(ini.get("lvm", "volume_group"), Some("ciab"));

@@ -1,9 +1,11 @@
 //! The TLS front end: HAProxy on port 443 with the box's server certificate,
 //! routing by path prefix to the APIs on loopback (`/identity` → Keystone),
 //! so one port — and one port forward for a box behind NAT — serves the whole
-//! catalog.
+//! catalog, and Horizon at `/horizon` (its own path, unchanged; `/` sends
+//! a browser there).
 
 use super::catalog::Api;
+use super::horizon;
 
 /// HAProxy's configuration file.
 pub const CONF: &str = "etc/haproxy/haproxy.cfg";
@@ -16,7 +18,10 @@ pub fn haproxy_cfg(pem: &str, routes: &[Api]) -> String {
         "# Written by ciab-firstboot: the TLS front end of the cloud's APIs.\n\
 global\n    log /dev/log local0 warning\n    maxconn 4096\n    ssl-default-bind-options ssl-min-ver TLSv1.2\n\n\
 defaults\n    mode http\n    log global\n    option httplog\n    option forwardfor\n    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n\n\
-frontend public\n    bind :::{LISTEN_PORT} v4v6 ssl crt {pem}\n    http-request set-header X-Forwarded-Proto https\n"
+frontend public\n    bind :::{LISTEN_PORT} v4v6 ssl crt {pem}\n    http-request set-header X-Forwarded-Proto https\n    \
+http-request redirect location {webroot}/ code 302 if {{ path / }}\n    \
+use_backend dashboard if {{ path {webroot} }} || {{ path_beg {webroot}/ }}\n",
+        webroot = horizon::WEBROOT
     );
     for r in routes {
         cfg.push_str(&format!("    use_backend {p} if {{ path /{p} }} || {{ path_beg /{p}/ }}\n", p = r.prefix));
@@ -28,6 +33,7 @@ frontend public\n    bind :::{LISTEN_PORT} v4v6 ssl crt {pem}\n    http-request 
             b = r.bind
         ));
     }
+    cfg.push_str(&format!("\nbackend dashboard\n    server dashboard {} check inter 10s\n", horizon::BIND));
     cfg
 }
 
@@ -42,6 +48,8 @@ mod tests {
         assert!(cfg.contains("    use_backend identity if { path /identity } || { path_beg /identity/ }\n"), "{cfg}");
         assert!(cfg.contains("    use_backend image if { path /image } || { path_beg /image/ }\n"), "{cfg}");
         assert!(cfg.contains("\nbackend image\n    http-request replace-path /image/?(.*) /\\1\n    server image 127.0.0.1:9292 check inter 10s\n"), "{cfg}");
+        assert!(cfg.contains("    use_backend dashboard if { path /horizon } || { path_beg /horizon/ }\n"), "{cfg}");
+        assert!(cfg.contains("\nbackend dashboard\n    server dashboard 127.0.0.1:8090 check inter 10s\n"), "Horizon keeps its path: {cfg}");
         assert!(cfg.contains("\nbackend identity\n    http-request replace-path /identity/?(.*) /\\1\n    server identity 127.0.0.1:5000 check inter 10s\n"), "{cfg}");
     }
 

@@ -6,6 +6,8 @@ pub mod amqp;
 pub mod catalog;
 pub mod cinder;
 pub mod glance;
+pub mod horizon;
+pub mod dashboard_steps;
 pub mod image_steps;
 pub mod ini;
 pub mod messaging;

@@ -1,6 +1,7 @@
 //! What the Sovereign Cloud Stack standards ask of a fresh cloud that a box
-//! can set up offline. Today: the mandatory flavors of scs-0103 (standard
-//! flavors) with the extra specs it requires.
+//! can set up offline: the mandatory flavors of scs-0103 (standard flavors)
+//! with the extra specs it requires, the volume type description of scs-0114
+//! and the default security group rules of scs-0115.
 
 use std::collections::BTreeMap;
 
@@ -73,9 +74,83 @@ impl Flavor {
     }
 }
 
+/// The box's volume type, Cinder's `default_volume_type`: a thin LV of the
+/// `ciab-pool` on the box's own disk, attached over iSCSI. (Cinder's own
+/// `__default__` stays, undescribed: scs-0114 promises nothing about it.)
+pub const DEFAULT_VOLUME_TYPE: &str = "lvm-thin";
+
+/// What users read about [`DEFAULT_VOLUME_TYPE`]. scs-0114 lets a type
+/// advertise `encrypted` and `replicated` in a leading `[scs:…]` list; this
+/// one is neither (one disk, no key manager yet), so it has no list.
+pub const DEFAULT_VOLUME_TYPE_DESCRIPTION: &str =
+    "Thin-provisioned LVM volume on this box's own disk, attached over iSCSI. Not replicated (a single box) and not encrypted.";
+
+/// The aspects scs-0114 defines for a volume type's description.
+pub const VOLUME_TYPE_ASPECTS: &[&str] = &["encrypted", "replicated"];
+
+/// The aspects a volume type description advertises by scs-0114: a
+/// leading `[scs:a, b]` list, sorted, each aspect known and listed once.
+/// A description without the list advertises none.
+pub fn volume_type_aspects(description: &str) -> Result<Vec<&str>, String> {
+    let Some(rest) = description.strip_prefix("[scs:") else { return Ok(Vec::new()) };
+    let list = rest.split_once(']').map(|(l, _)| l).ok_or_else(|| format!("{description:?}: the [scs:…] list has no closing bracket"))?;
+    let aspects: Vec<&str> = list.split(',').map(str::trim).collect();
+    if let Some(unknown) = aspects.iter().find(|a| !VOLUME_TYPE_ASPECTS.contains(a)) {
+        return Err(format!("{description:?}: {unknown:?} is not an aspect of scs-0114 ({})", VOLUME_TYPE_ASPECTS.join(", ")));
+    }
+    if aspects.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(format!("{description:?}: scs-0114 wants the aspects sorted, each once"));
+    }
+    Ok(aspects)
+}
+
+/// Why one of Neutron's default security group rules (the template every
+/// new group starts from) breaks scs-0115, if it does: no ingress except
+/// from the group itself (remote group `PARENT`), and that only in
+/// projects' `default` groups.
+pub fn sg_rule_violation(rule: &serde_json::Value) -> Option<String> {
+    if rule["direction"] != "ingress" {
+        return None;
+    }
+    let what = || format!("ingress rule {} ({} {})", rule["id"].as_str().unwrap_or("?"), rule["ethertype"].as_str().unwrap_or("?"), rule["protocol"].as_str().unwrap_or("any protocol"));
+    if rule["remote_group_id"] != "PARENT" {
+        return Some(format!("{} lets in traffic from outside the group", what()));
+    }
+    if rule["used_in_non_default_sg"] == true {
+        return Some(format!("{} applies to custom groups", what()));
+    }
+    None
+}
+
+/// The rules scs-0115 asks for (egress anywhere in every group, ingress
+/// from the group itself in `default` groups), for both ethertypes, as
+/// Neutron's create bodies.
+pub fn wanted_sg_rules() -> Vec<serde_json::Value> {
+    let mut rules = Vec::new();
+    for ethertype in ["IPv4", "IPv6"] {
+        rules.push(serde_json::json!({"direction": "egress", "ethertype": ethertype, "used_in_default_sg": true, "used_in_non_default_sg": true}));
+        rules.push(serde_json::json!({"direction": "ingress", "ethertype": ethertype, "remote_group_id": "PARENT", "used_in_default_sg": true, "used_in_non_default_sg": false}));
+    }
+    rules
+}
+
+/// Whether an existing rule is `wanted` (a body of [`wanted_sg_rules`]):
+/// the same direction, ethertype, remote group and use, for any protocol,
+/// port and address.
+pub fn sg_rule_matches(rule: &serde_json::Value, wanted: &serde_json::Value) -> bool {
+    let any = |v: &serde_json::Value| v.is_null() || v == "0.0.0.0/0" || v == "::/0";
+    ["direction", "ethertype", "used_in_default_sg", "used_in_non_default_sg"].iter().all(|k| rule[k] == wanted[k])
+        && rule["remote_group_id"] == wanted["remote_group_id"]
+        && rule["protocol"].is_null()
+        && rule["port_range_min"].is_null()
+        && any(&rule["remote_ip_prefix"])
+        && rule["remote_address_group_id"].is_null()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// The figures are the name's: vCPUs, type letter, RAM, disk.
     #[test]
@@ -112,5 +187,39 @@ mod tests {
         let body = MANDATORY_FLAVORS[0].create_body();
         assert_eq!(body["flavor"]["ram"], 4096);
         assert_eq!(body["flavor"]["id"], "SCS-1V-4");
+    }
+
+    #[test]
+    fn volume_type_descriptions_follow_scs_0114() {
+        assert_eq!(volume_type_aspects(DEFAULT_VOLUME_TYPE_DESCRIPTION), Ok(vec![]));
+        assert_eq!(volume_type_aspects("[scs:encrypted, replicated] LUKS on three replicas"), Ok(vec!["encrypted", "replicated"]));
+        assert_eq!(volume_type_aspects("[scs:replicated]"), Ok(vec!["replicated"]));
+        for bad in ["[scs:replicated, encrypted] unsorted", "[scs:encrypted, encrypted] twice", "[scs:fast] unknown", "[scs:encrypted no bracket"] {
+            assert!(volume_type_aspects(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn neutrons_default_sg_rules_pass_scs_0115_and_open_ones_do_not() {
+        // Neutron's own defaults, as its API lists them.
+        let defaults = [
+            json!({"id": "a", "direction": "egress", "ethertype": "IPv4", "protocol": null, "remote_ip_prefix": null, "remote_group_id": null, "remote_address_group_id": null, "port_range_min": null, "used_in_default_sg": true, "used_in_non_default_sg": true}),
+            json!({"id": "b", "direction": "egress", "ethertype": "IPv6", "protocol": null, "remote_ip_prefix": null, "remote_group_id": null, "remote_address_group_id": null, "port_range_min": null, "used_in_default_sg": true, "used_in_non_default_sg": true}),
+            json!({"id": "c", "direction": "ingress", "ethertype": "IPv4", "protocol": null, "remote_ip_prefix": null, "remote_group_id": "PARENT", "remote_address_group_id": null, "port_range_min": null, "used_in_default_sg": true, "used_in_non_default_sg": false}),
+            json!({"id": "d", "direction": "ingress", "ethertype": "IPv6", "protocol": null, "remote_ip_prefix": null, "remote_group_id": "PARENT", "remote_address_group_id": null, "port_range_min": null, "used_in_default_sg": true, "used_in_non_default_sg": false}),
+        ];
+        assert!(defaults.iter().all(|r| sg_rule_violation(r).is_none()));
+        for wanted in wanted_sg_rules() {
+            assert_eq!(defaults.iter().filter(|r| sg_rule_matches(r, &wanted)).count(), 1, "{wanted}");
+        }
+        let ssh = json!({"id": "e", "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 22, "remote_ip_prefix": "0.0.0.0/0", "remote_group_id": null, "used_in_default_sg": true, "used_in_non_default_sg": true});
+        assert!(sg_rule_violation(&ssh).unwrap().contains("from outside the group"));
+        let parent_everywhere = json!({"id": "f", "direction": "ingress", "ethertype": "IPv4", "remote_group_id": "PARENT", "used_in_default_sg": true, "used_in_non_default_sg": true});
+        assert!(sg_rule_violation(&parent_everywhere).unwrap().contains("custom groups"));
+        // An egress rule limited to one port is not the "egress anywhere" rule.
+        let mut https_only = defaults[0].clone();
+        https_only["protocol"] = json!("tcp");
+        https_only["port_range_min"] = json!(443);
+        assert!(!sg_rule_matches(&https_only, &wanted_sg_rules()[0]));
     }
 }

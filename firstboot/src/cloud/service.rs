@@ -95,6 +95,15 @@ pub fn file_tail(path: &std::path::Path, n: usize) -> String {
 
 /// A drop-in ordering a service after the mounts of its data: the volumes
 /// are `nofail` mounts boot does not wait for.
+/// For a `Type=notify` unit whose Python start-up can outlast systemd's
+/// 90 s start limit: under TCG, with the rest of the cloud starting, Nova's
+/// daemons did (each timeout killed and restarted one from scratch; 14
+/// restarts in 20 minutes, never up). Natively they start in seconds; the
+/// limit only ends a start that hangs.
+pub fn slow_start_dropin() -> String {
+    "[Service]\nTimeoutStartSec=20min\n".to_owned()
+}
+
 pub fn requires_mounts_dropin(paths: &[&str]) -> String {
     format!("[Unit]\nRequiresMountsFor={}\n", paths.join(" "))
 }

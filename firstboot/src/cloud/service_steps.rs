@@ -12,7 +12,7 @@ use super::amqp::{self, Login};
 use super::catalog::{self, Api, COMPUTE, GLANCE, PLACEMENT};
 use super::steps::{admin, db_url, endpoints, has_cloud, install_uwsgi, pki_of, secret, set_stamp, stamp, write_dropin, API_TIMEOUT};
 use super::uwsgi::Uwsgi;
-use super::{database, frontend, glance, keys, messaging, nova, placement, service};
+use super::{database, frontend, glance, horizon, keys, messaging, nova, placement, service};
 use crate::engine::Step;
 use crate::steps::Ctx;
 use anyhow::{bail, Context, Result};
@@ -110,7 +110,7 @@ impl Step<Ctx> for GlanceStep {
         std::fs::create_dir_all(&store)?;
         keys::chown(&store, keys::system_user(&ctx.root, "glance")?)?;
         let conf = glance::conf(&db_url(ctx, "glance", "glance")?, &endpoints(ctx)?, &secret(ctx, "glance-service")?, pool(ctx)?);
-        let ini = Uwsgi { name: "glance-api", bind: GLANCE.bind, wsgi_file: "/usr/bin/glance-wsgi-api", user: "glance", processes: cp.workers.glance, streams_uploads: true, app_per_worker: false };
+        let ini = Uwsgi { name: "glance-api", bind: GLANCE.bind, wsgi_file: "/usr/bin/glance-wsgi-api", user: "glance", processes: cp.workers.glance, streams_uploads: true, app_per_worker: false, static_map: None, script_name: None };
         start_api(ctx, &GLANCE, &ini, (glance::CONF, conf.render()), &[glance::STORE])
     }
 }
@@ -133,7 +133,7 @@ impl Step<Ctx> for PlacementStep {
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let cp = ctx.plan()?.control_plane.context("a cloud profile's plan has a control plane")?;
         let conf = placement::conf(&db_url(ctx, "placement", "placement")?, &endpoints(ctx)?, &secret(ctx, "placement-service")?, pool(ctx)?);
-        let ini = Uwsgi { name: "placement-api", bind: PLACEMENT.bind, wsgi_file: "/usr/bin/placement-api", user: "placement", processes: cp.workers.placement, streams_uploads: false, app_per_worker: false };
+        let ini = Uwsgi { name: "placement-api", bind: PLACEMENT.bind, wsgi_file: "/usr/bin/placement-api", user: "placement", processes: cp.workers.placement, streams_uploads: false, app_per_worker: false, static_map: None, script_name: None };
         start_api(ctx, &PLACEMENT, &ini, (placement::CONF, conf.render()), &[])
     }
 }
@@ -171,6 +171,15 @@ const LIBVIRT_UNITS: &[&str] = &[
     "libvirtd.service",
 ];
 const NOVA_DAEMONS: &[&str] = &["nova-conductor", "nova-scheduler", "nova-compute"];
+/// Debian's unit for Nova's metadata API, run under ciab's uwsgi.
+const NOVA_METADATA_UNIT: &str = "nova-api-metadata";
+
+/// The metadata API answers on loopback, where the OVN metadata agent
+/// sends guests' requests.
+fn metadata_url() -> String {
+    let (host, port) = super::neutron::NOVA_METADATA;
+    format!("http://{host}:{port}/")
+}
 
 pub struct NovaStep;
 
@@ -185,7 +194,7 @@ impl Step<Ctx> for NovaStep {
         &["placement", "messaging", "storage"]
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(api_started(ctx, &COMPUTE)? && (!has_cloud(ctx)? || NOVA_DAEMONS.iter().all(|u| service::is_up_or_starting(u))))
+        Ok(api_started(ctx, &COMPUTE)? && (!has_cloud(ctx)? || NOVA_DAEMONS.iter().chain([&NOVA_METADATA_UNIT]).all(|u| service::is_up_or_starting(u))))
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let plan = ctx.plan()?;
@@ -218,12 +227,24 @@ impl Step<Ctx> for NovaStep {
         let instances = ctx.root.join(nova::INSTANCES.trim_start_matches('/'));
         std::fs::create_dir_all(&instances)?;
         keys::chown(&instances, keys::system_user(&ctx.root, "nova")?)?;
-        write_dropin(&ctx.root, "nova-compute.service", &service::requires_mounts_dropin(&[nova::INSTANCES]))?;
+        for unit in NOVA_DAEMONS {
+            let mut dropin = service::slow_start_dropin();
+            if *unit == "nova-compute" {
+                dropin.push_str(&service::requires_mounts_dropin(&[nova::INSTANCES]));
+            }
+            write_dropin(&ctx.root, &format!("{unit}.service"), &dropin)?;
+        }
         service::start(LIBVIRT_UNITS, false)?;
-        let ini = Uwsgi { name: "nova-api", bind: COMPUTE.bind, wsgi_file: "/usr/bin/nova-api-wsgi", user: "nova", processes: cp.workers.nova_api, streams_uploads: false, app_per_worker: false };
+        let ini = Uwsgi { name: "nova-api", bind: COMPUTE.bind, wsgi_file: "/usr/bin/nova-api-wsgi", user: "nova", processes: cp.workers.nova_api, streams_uploads: false, app_per_worker: false, static_map: None, script_name: None };
         write_private_conf(&ctx.root, nova::CONF, &conf.render(), "nova")?;
         install_uwsgi(&ctx.root, COMPUTE.unit, &ini, &[])?;
-        let mut units = vec![COMPUTE.unit];
+        // The metadata API, for guests through the OVN metadata agent
+        // (cloud-init's network configuration, keys and user data).
+        let (host, port) = super::neutron::NOVA_METADATA;
+        let bind = format!("{host}:{port}");
+        let metadata = Uwsgi { name: NOVA_METADATA_UNIT, bind: &bind, wsgi_file: "/usr/bin/nova-metadata-wsgi", user: "nova", processes: cp.workers.nova_metadata, streams_uploads: false, app_per_worker: false, static_map: None, script_name: None };
+        install_uwsgi(&ctx.root, NOVA_METADATA_UNIT, &metadata, &[])?;
+        let mut units = vec![COMPUTE.unit, NOVA_METADATA_UNIT];
         units.extend_from_slice(NOVA_DAEMONS);
         service::start_in_background(&units)?;
         println!("ciab-firstboot: nova: {} starting; libvirt virt_type={virt_type}", units.join(", "));
@@ -261,6 +282,13 @@ fn compute_ready(ctx: &Ctx) -> Result<bool> {
 /// trusts (the pki step put the CA into the system bundle curl reads).
 fn local_url(api: &Api) -> String {
     format!("https://127.0.0.1:{}/{}{}", frontend::LISTEN_PORT, api.prefix, api.probe)
+}
+
+/// Horizon's login page, directly and through the front end.
+fn horizon_answers() -> bool {
+    let direct = format!("http://{}{}", horizon::BIND, horizon::LOGIN_PATH);
+    let public = format!("https://127.0.0.1:{}{}", frontend::LISTEN_PORT, horizon::LOGIN_PATH);
+    [direct, public].iter().all(|url| service::http_status(url, None) == Some(200))
 }
 
 fn answers(api: &Api) -> bool {
@@ -332,7 +360,7 @@ impl Step<Ctx> for ApisStep {
         "wait for every API and the message queue"
     }
     fn depends_on(&self) -> &'static [&'static str] {
-        &["frontend", "messaging", "glance", "placement", "nova", "neutron", "cinder"]
+        &["frontend", "messaging", "glance", "placement", "nova", "neutron", "cinder", "horizon"]
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         if !has_cloud(ctx)? {
@@ -344,6 +372,8 @@ impl Step<Ctx> for ApisStep {
             && catalog::APIS.iter().all(answers)
             && check_broker(&secret(ctx, messaging::RABBIT_SECRET)?).is_ok()
             && compute_ready(ctx).unwrap_or(false)
+            && service::http_status(&metadata_url(), None).is_some_and(|c| c < 500)
+            && horizon_answers()
             && admin_token(ctx).and_then(|t| super::network_steps::network_ready(&t)).unwrap_or(false)
             && admin(ctx).and_then(|k| super::volume_steps::volume_ready(k.token(), k.project_id())).unwrap_or(false))
     }
@@ -356,8 +386,14 @@ impl Step<Ctx> for ApisStep {
             service::wait_http(&local_url(api), None, "haproxy", Duration::from_secs(60))?;
             println!("ciab-firstboot: apis: {} answers through the front end ({:.0} s)", api.kind, started.elapsed().as_secs_f64());
         }
+        // Horizon's login page must render (200), not merely answer: a
+        // settings mistake shows as Django's 400 or 500.
+        await_ready("Horizon's login page does not answer 200 through the front end (its log: /var/log/horizon/horizon.log)", horizon::UNIT, || Ok(horizon_answers()))?;
+        println!("ciab-firstboot: apis: Horizon's login page answers through the front end ({:.0} s)", started.elapsed().as_secs_f64());
         await_ready("Nova's services are not all up", "nova-compute", || compute_ready(ctx))?;
         println!("ciab-firstboot: apis: nova-conductor, nova-scheduler and nova-compute up, the hypervisor mapped ({:.0} s)", started.elapsed().as_secs_f64());
+        service::wait_http(&metadata_url(), None, NOVA_METADATA_UNIT, API_TIMEOUT)?;
+        println!("ciab-firstboot: apis: Nova's metadata API answers on {} for the OVN metadata agent ({:.0} s)", metadata_url(), started.elapsed().as_secs_f64());
         await_ready("the network agents are not all alive", "ovn-controller", || admin_token(ctx).and_then(|t| super::network_steps::network_ready(&t)))?;
         println!("ciab-firstboot: apis: network agents alive: {} ({:.0} s)", super::network_steps::REQUIRED_AGENTS.join(", "), started.elapsed().as_secs_f64());
         await_ready("Cinder's services are not all up", "cinder-volume", || admin(ctx).and_then(|k| super::volume_steps::volume_ready(k.token(), k.project_id())))?;

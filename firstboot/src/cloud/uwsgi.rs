@@ -21,6 +21,13 @@ pub struct Uwsgi<'a> {
     /// master: needed by an app that starts threads or opens connections at
     /// load time (Neutron's OVN database connections), which a fork loses.
     pub app_per_worker: bool,
+    /// Serves the files under a directory at a URL prefix itself (Horizon's
+    /// static files), without waking the app.
+    pub static_map: Option<(&'a str, &'a str)>,
+    /// Mounts the app under this path (WSGI `SCRIPT_NAME`), as Apache's
+    /// `WSGIScriptAlias /horizon` does: Django resolves URLs below it and
+    /// prefixes the links it makes.
+    pub script_name: Option<&'a str>,
 }
 
 impl Uwsgi<'_> {
@@ -31,13 +38,20 @@ impl Uwsgi<'_> {
 
     pub fn ini(&self) -> String {
         let Uwsgi { name, bind, wsgi_file, user, processes, .. } = *self;
+        let app = match self.script_name {
+            Some(prefix) => format!("mount = {prefix}={wsgi_file}\nmanage-script-name = true"),
+            None => format!("wsgi-file = {wsgi_file}"),
+        };
         let lazy = self.app_per_worker;
         let mut ini = format!(
-            "# Written by ciab-firstboot from the sizing plan.\n[uwsgi]\nhttp-socket = {bind}\nprocesses = {processes}\nthreads = 1\nmaster = true\nlazy-apps = {lazy}\nplugins = python3\nwsgi-file = {wsgi_file}\nname = {name}\nuid = {user}\ngid = {user}\nchdir = /var/lib/{user}\nbuffer-size = 65535\nrem-header = Content-Length\nthunder-lock = true\nno-orphans = true\ndie-on-term = true\nclose-on-exec = true\nclose-on-exec2 = true\nenable-threads = true\nlisten = 100\nlogto = /var/log/{user}/{name}.log\n"
+            "# Written by ciab-firstboot from the sizing plan.\n[uwsgi]\nhttp-socket = {bind}\nprocesses = {processes}\nthreads = 1\nmaster = true\nlazy-apps = {lazy}\nplugins = python3\n{app}\nname = {name}\nuid = {user}\ngid = {user}\nchdir = /var/lib/{user}\nbuffer-size = 65535\nrem-header = Content-Length\nthunder-lock = true\nno-orphans = true\ndie-on-term = true\nclose-on-exec = true\nclose-on-exec2 = true\nenable-threads = true\nlisten = 100\nlogto = /var/log/{user}/{name}.log\n"
         );
         if lazy {
             // The time Neutron's workers register in OVN's hash ring with.
             ini.push_str("start-time = %t\n");
+        }
+        if let Some((prefix, dir)) = self.static_map {
+            ini.push_str(&format!("static-map = {prefix}={dir}\n"));
         }
         if self.streams_uploads {
             ini.push_str("http-auto-chunked = true\nhttp-chunked-input = true\nhttp-raw-body = true\nwsgi-manage-chunked-input = true\nsocket-timeout = 300\n");
@@ -58,7 +72,7 @@ mod tests {
 
     #[test]
     fn runs_the_plans_process_count_on_loopback() {
-        let u = Uwsgi { name: "keystone-api", bind: "127.0.0.1:5000", wsgi_file: "/usr/bin/keystone-wsgi-public", user: "keystone", processes: 2, streams_uploads: false, app_per_worker: false };
+        let u = Uwsgi { name: "keystone-api", bind: "127.0.0.1:5000", wsgi_file: "/usr/bin/keystone-wsgi-public", user: "keystone", processes: 2, streams_uploads: false, app_per_worker: false, static_map: None, script_name: None };
         let ini = u.ini();
         assert!(ini.contains("\nhttp-socket = 127.0.0.1:5000\nprocesses = 2\nthreads = 1\n"), "{ini}");
         assert!(ini.contains("\nlazy-apps = false\n"));
@@ -66,6 +80,11 @@ mod tests {
         assert!(!ini.contains("chunked") && !ini.contains("start-time"));
         let neutron = Uwsgi { app_per_worker: true, ..u }.ini();
         assert!(neutron.contains("\nlazy-apps = true\n") && neutron.contains("\nstart-time = %t\n"), "{neutron}");
+        let horizon = Uwsgi { static_map: Some(("/horizon/static", "/var/lib/openstack-dashboard/static")), script_name: Some("/horizon"), wsgi_file: "/usr/share/openstack-dashboard/wsgi.py", ..u }.ini();
+        assert!(horizon.contains("\nstatic-map = /horizon/static=/var/lib/openstack-dashboard/static\n"), "{horizon}");
+        assert!(horizon.contains("\nmount = /horizon=/usr/share/openstack-dashboard/wsgi.py\nmanage-script-name = true\n") && !horizon.contains("wsgi-file"), "{horizon}");
+        assert!(ini.contains("\nwsgi-file = /usr/bin/keystone-wsgi-public\n"), "{ini}");
+        assert!(!ini.contains("static-map"));
         let uploads = Uwsgi { streams_uploads: true, ..u }.ini();
         assert!(uploads.contains("\nhttp-chunked-input = true\n") && uploads.contains("\nwsgi-manage-chunked-input = true\n"), "{uploads}");
         assert_eq!(Uwsgi::ini_path("keystone"), "etc/ciab/uwsgi/keystone.ini");
