@@ -41,15 +41,9 @@ impl Step<Ctx> for HorizonStep {
         let static_dir = horizon::STATIC_ROOT;
         let static_url = format!("{}/static", horizon::WEBROOT);
         let ini = Uwsgi {
-            name: "horizon",
-            bind: horizon::BIND,
-            wsgi_file: "/usr/share/openstack-dashboard/wsgi.py",
-            user: "horizon",
-            processes: cp.workers.horizon,
-            streams_uploads: false,
-            app_per_worker: false,
             static_map: Some((&static_url, static_dir)),
             script_name: Some(horizon::WEBROOT),
+            ..Uwsgi::api("horizon", horizon::BIND, "/usr/share/openstack-dashboard/wsgi.py", "horizon", cp.workers.horizon)
         };
         let ini_path = Uwsgi::ini_path(ini.name);
         crate::atomic::write_atomic(&root.join(&ini_path), ini.ini().as_bytes())?;

@@ -102,7 +102,7 @@ impl Step<Ctx> for NeutronStep {
         write_private_conf(&ctx.root, neutron::METADATA_AGENT_CONF, &neutron::metadata_agent_conf(&site.hostname, &secret(ctx, "neutron-metadata")?).render(), "neutron")?;
         write_dropin(&ctx.root, &format!("{METADATA_AGENT}.service"), &neutron::metadata_agent_dropin())?;
         service::start_in_background(&[METADATA_AGENT])?;
-        let ini = Uwsgi { name: "neutron-api", bind: NETWORK.bind, wsgi_file: "/usr/bin/neutron-api", user: "neutron", processes: cp.workers.neutron_server, streams_uploads: false, app_per_worker: true, static_map: None, script_name: None };
+        let ini = Uwsgi { app_per_worker: true, ..Uwsgi::api("neutron-api", NETWORK.bind, "/usr/bin/neutron-api", "neutron", cp.workers.neutron_server) };
         println!("ciab-firstboot: neutron: OVN chassis up (gateway, {} on {}); metadata agent starting", ovn::PHYSNET, ovn::PROVIDER_BRIDGE);
         start_api(ctx, &NETWORK, &ini, (neutron::CONF, conf.render()), &[])
     }

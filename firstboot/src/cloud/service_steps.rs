@@ -110,7 +110,7 @@ impl Step<Ctx> for GlanceStep {
         std::fs::create_dir_all(&store)?;
         keys::chown(&store, keys::system_user(&ctx.root, "glance")?)?;
         let conf = glance::conf(&db_url(ctx, "glance", "glance")?, &endpoints(ctx)?, &secret(ctx, "glance-service")?, pool(ctx)?);
-        let ini = Uwsgi { name: "glance-api", bind: GLANCE.bind, wsgi_file: "/usr/bin/glance-wsgi-api", user: "glance", processes: cp.workers.glance, streams_uploads: true, app_per_worker: false, static_map: None, script_name: None };
+        let ini = Uwsgi { streams_uploads: true, ..Uwsgi::api("glance-api", GLANCE.bind, "/usr/bin/glance-wsgi-api", "glance", cp.workers.glance) };
         start_api(ctx, &GLANCE, &ini, (glance::CONF, conf.render()), &[glance::STORE])
     }
 }
@@ -133,7 +133,7 @@ impl Step<Ctx> for PlacementStep {
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let cp = ctx.plan()?.control_plane.context("a cloud profile's plan has a control plane")?;
         let conf = placement::conf(&db_url(ctx, "placement", "placement")?, &endpoints(ctx)?, &secret(ctx, "placement-service")?, pool(ctx)?);
-        let ini = Uwsgi { name: "placement-api", bind: PLACEMENT.bind, wsgi_file: "/usr/bin/placement-api", user: "placement", processes: cp.workers.placement, streams_uploads: false, app_per_worker: false, static_map: None, script_name: None };
+        let ini = Uwsgi::api("placement-api", PLACEMENT.bind, "/usr/bin/placement-api", "placement", cp.workers.placement);
         start_api(ctx, &PLACEMENT, &ini, (placement::CONF, conf.render()), &[])
     }
 }
@@ -235,14 +235,14 @@ impl Step<Ctx> for NovaStep {
             write_dropin(&ctx.root, &format!("{unit}.service"), &dropin)?;
         }
         service::start(LIBVIRT_UNITS, false)?;
-        let ini = Uwsgi { name: "nova-api", bind: COMPUTE.bind, wsgi_file: "/usr/bin/nova-api-wsgi", user: "nova", processes: cp.workers.nova_api, streams_uploads: false, app_per_worker: false, static_map: None, script_name: None };
+        let ini = Uwsgi::api("nova-api", COMPUTE.bind, "/usr/bin/nova-api-wsgi", "nova", cp.workers.nova_api);
         write_private_conf(&ctx.root, nova::CONF, &conf.render(), "nova")?;
         install_uwsgi(&ctx.root, COMPUTE.unit, &ini, &[])?;
         // The metadata API, for guests through the OVN metadata agent
         // (cloud-init's network configuration, keys and user data).
         let (host, port) = super::neutron::NOVA_METADATA;
         let bind = format!("{host}:{port}");
-        let metadata = Uwsgi { name: NOVA_METADATA_UNIT, bind: &bind, wsgi_file: "/usr/bin/nova-metadata-wsgi", user: "nova", processes: cp.workers.nova_metadata, streams_uploads: false, app_per_worker: false, static_map: None, script_name: None };
+        let metadata = Uwsgi::api(NOVA_METADATA_UNIT, &bind, "/usr/bin/nova-metadata-wsgi", "nova", cp.workers.nova_metadata);
         install_uwsgi(&ctx.root, NOVA_METADATA_UNIT, &metadata, &[])?;
         let mut units = vec![COMPUTE.unit, NOVA_METADATA_UNIT];
         units.extend_from_slice(NOVA_DAEMONS);

@@ -276,7 +276,7 @@ impl Step<Ctx> for KeystoneStep {
         keys::chown(&conf, (0, user.1))?;
         keys::ensure_repository(&root.join(keystone::FERNET_KEYS), user)?;
         keys::ensure_repository(&root.join(keystone::CREDENTIAL_KEYS), user)?;
-        let api = Uwsgi { name: "keystone-api", bind: KEYSTONE.bind, wsgi_file: "/usr/bin/keystone-wsgi-public", user: "keystone", processes: cp.workers.keystone, streams_uploads: false, app_per_worker: false, static_map: None, script_name: None };
+        let api = Uwsgi::api("keystone-api", KEYSTONE.bind, "/usr/bin/keystone-wsgi-public", "keystone", cp.workers.keystone);
         install_uwsgi(&root, KEYSTONE.unit, &api, &[])?;
         // After a power cut this step may run before boot has brought the
         // database back: wait for it rather than let oslo.db retry for minutes.

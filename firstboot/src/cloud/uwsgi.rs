@@ -30,7 +30,14 @@ pub struct Uwsgi<'a> {
     pub script_name: Option<&'a str>,
 }
 
-impl Uwsgi<'_> {
+impl<'a> Uwsgi<'a> {
+    /// An API with the common settings: the app loaded once in the master,
+    /// buffered request bodies, at the root of its own port. The rare
+    /// settings are set with struct update syntax.
+    pub fn api(name: &'a str, bind: &'a str, wsgi_file: &'a str, user: &'a str, processes: u32) -> Self {
+        Uwsgi { name, bind, wsgi_file, user, processes, streams_uploads: false, app_per_worker: false, static_map: None, script_name: None }
+    }
+
     /// Where ciab writes the ini of `name`, relative to the root.
     pub fn ini_path(name: &str) -> String {
         format!("etc/ciab/uwsgi/{name}.ini")
@@ -72,7 +79,7 @@ mod tests {
 
     #[test]
     fn runs_the_plans_process_count_on_loopback() {
-        let u = Uwsgi { name: "keystone-api", bind: "127.0.0.1:5000", wsgi_file: "/usr/bin/keystone-wsgi-public", user: "keystone", processes: 2, streams_uploads: false, app_per_worker: false, static_map: None, script_name: None };
+        let u = Uwsgi::api("keystone-api", "127.0.0.1:5000", "/usr/bin/keystone-wsgi-public", "keystone", 2);
         let ini = u.ini();
         assert!(ini.contains("\nhttp-socket = 127.0.0.1:5000\nprocesses = 2\nthreads = 1\n"), "{ini}");
         assert!(ini.contains("\nlazy-apps = false\n"));

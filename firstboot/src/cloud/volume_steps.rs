@@ -73,7 +73,7 @@ impl Step<Ctx> for CinderStep {
         let volumes_dir = ctx.root.join(cinder::VOLUMES_DIR.trim_start_matches('/'));
         std::fs::create_dir_all(&volumes_dir)?;
         super::keys::chown(&volumes_dir, super::keys::system_user(&ctx.root, "cinder")?)?;
-        let ini = Uwsgi { name: "cinder-api", bind: BLOCK_STORAGE.bind, wsgi_file: "/usr/bin/cinder-wsgi", user: "cinder", processes: cp.workers.cinder_api, streams_uploads: false, app_per_worker: false, static_map: None, script_name: None };
+        let ini = Uwsgi::api("cinder-api", BLOCK_STORAGE.bind, "/usr/bin/cinder-wsgi", "cinder", cp.workers.cinder_api);
         // The daemons read the API's file.
         start_api(ctx, &BLOCK_STORAGE, &ini, (cinder::CONF, conf.render()), &[])?;
         service::start_in_background(CINDER_DAEMONS)?;
