@@ -676,14 +676,16 @@ fn cloud_summary(journal_path: &Path) -> Option<crate::cloud::steps::CloudSummar
 /// The cloud's section of the status page: where to reach it and who can
 /// log in; passwords stay in the box's clouds.yaml.
 pub fn render_cloud_html(s: &crate::cloud::steps::CloudSummary) -> String {
-    let mut out = format!(
-        "<h2>Cloud</h2>\n<p id=\"cloud\">Identity API (Keystone): <code>{}</code>, region <code>{}</code>.<br>\
-         CA certificate SHA-256 fingerprint: <code>{}</code>.<br>Credentials: {}.</p>\n<ul>\n",
-        html_escape(&s.identity_url),
-        html_escape(&s.region),
+    let mut out = format!("<h2>Cloud</h2>\n<p id=\"cloud\">Identity API (Keystone): <code>{}</code>, region <code>{}</code>.<br>", html_escape(&s.identity_url), html_escape(&s.region));
+    if !s.dashboard_url.is_empty() {
+        let url = html_escape(&s.dashboard_url);
+        out.push_str(&format!("Dashboard (Horizon): <a href=\"{url}\">{url}</a>.<br>"));
+    }
+    out.push_str(&format!(
+        "CA certificate SHA-256 fingerprint: <code>{}</code>.<br>Credentials: {}.</p>\n<ul>\n",
         html_escape(&s.ca_fingerprint),
         html_escape(&s.credentials)
-    );
+    ));
     for (user, what) in &s.users {
         out.push_str(&format!("<li>user <code>{}</code>: {}</li>\n", html_escape(user), html_escape(what)));
     }
@@ -975,6 +977,7 @@ mod tests {
         std::fs::write(dir.path().join("pki/ca.crt"), "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n").unwrap();
         let summary = crate::cloud::steps::CloudSummary {
             identity_url: "https://localhost:8443/identity".into(),
+            dashboard_url: "https://localhost:8443/horizon/".into(),
             region: "RegionOne".into(),
             ca_fingerprint: "AB:CD".into(),
             users: vec![("demo".into(), "member of <demo>".into())],
@@ -988,6 +991,7 @@ mod tests {
         assert!(page.contains("<a href=\"/ca.crt\">ca.crt</a>"), "{page}");
         assert!(page.contains("<code>https://localhost:8443/identity</code>") && page.contains("<code>AB:CD</code>"), "{page}");
         assert!(page.contains("member of &lt;demo&gt;"), "escaped: {page}");
+        assert!(page.contains("Dashboard (Horizon): <a href=\"https://localhost:8443/horizon/\">"), "{page}");
     }
 
     #[test]

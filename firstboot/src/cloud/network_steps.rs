@@ -6,7 +6,7 @@
 
 use super::catalog::NETWORK;
 use super::rest::{expect, request};
-use super::service_steps::{api_started, pool, start_api, write_private_conf};
+use super::service_steps::{api_started, install_api, launch_api, pool, write_private_conf};
 use super::steps::{admin, db_url, endpoints, has_cloud, secret, set_stamp, stamp, write_dropin};
 use super::uwsgi::Uwsgi;
 use super::{messaging, neutron, ovn, service};
@@ -101,10 +101,10 @@ impl Step<Ctx> for NeutronStep {
         write_private_conf(&ctx.root, neutron::ML2_CONF, &neutron::ml2_conf().render(), "neutron")?;
         write_private_conf(&ctx.root, neutron::METADATA_AGENT_CONF, &neutron::metadata_agent_conf(&site.hostname, &secret(ctx, "neutron-metadata")?).render(), "neutron")?;
         write_dropin(&ctx.root, &format!("{METADATA_AGENT}.service"), &neutron::metadata_agent_dropin())?;
-        service::start_in_background(&[METADATA_AGENT])?;
         let ini = Uwsgi { app_per_worker: true, ..Uwsgi::api("neutron-api", NETWORK.bind, "/usr/bin/neutron-api", "neutron", cp.workers.neutron_server) };
+        install_api(ctx, &NETWORK, &ini, (neutron::CONF, conf.render()), &[])?;
         println!("ciab-firstboot: neutron: OVN chassis up (gateway, {} on {}); metadata agent starting", ovn::PHYSNET, ovn::PROVIDER_BRIDGE);
-        start_api(ctx, &NETWORK, &ini, (neutron::CONF, conf.render()), &[])
+        launch_api(ctx, &NETWORK, &ini, &[METADATA_AGENT])
     }
 }
 

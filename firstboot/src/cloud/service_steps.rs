@@ -78,9 +78,21 @@ impl Step<Ctx> for MessagingStep {
 
 /// Configures an API under uwsgi and starts it; the `apis` step waits for it.
 pub(super) fn start_api(ctx: &Ctx, api: &Api, ini: &Uwsgi, conf: (&str, String), data: &[&str]) -> Result<()> {
+    install_api(ctx, api, ini, conf, data)?;
+    launch_api(ctx, api, ini, &[])
+}
+
+/// Writes an API's configuration and uwsgi unit, not starting it yet.
+pub(super) fn install_api(ctx: &Ctx, api: &Api, ini: &Uwsgi, conf: (&str, String), data: &[&str]) -> Result<()> {
     write_private_conf(&ctx.root, conf.0, &conf.1, ini.user)?;
-    install_uwsgi(&ctx.root, api.unit, ini, data)?;
-    service::start_in_background(&[api.unit])?;
+    install_uwsgi(&ctx.root, api.unit, ini, data)
+}
+
+/// Starts an installed API and the units `with` it, without waiting.
+pub(super) fn launch_api(ctx: &Ctx, api: &Api, ini: &Uwsgi, with: &[&str]) -> Result<()> {
+    let mut units = vec![api.unit];
+    units.extend_from_slice(with);
+    service::start_in_background(&units)?;
     println!("ciab-firstboot: {}: {} starting on {} ({} process(es))", api.name, api.unit, api.bind, ini.processes);
     set_stamp(ctx, api.name)
 }
@@ -234,7 +246,6 @@ impl Step<Ctx> for NovaStep {
             }
             write_dropin(&ctx.root, &format!("{unit}.service"), &dropin)?;
         }
-        service::start(LIBVIRT_UNITS, false)?;
         let ini = Uwsgi::api("nova-api", COMPUTE.bind, "/usr/bin/nova-api-wsgi", "nova", cp.workers.nova_api);
         write_private_conf(&ctx.root, nova::CONF, &conf.render(), "nova")?;
         install_uwsgi(&ctx.root, COMPUTE.unit, &ini, &[])?;
@@ -246,6 +257,9 @@ impl Step<Ctx> for NovaStep {
         install_uwsgi(&ctx.root, NOVA_METADATA_UNIT, &metadata, &[])?;
         let mut units = vec![COMPUTE.unit, NOVA_METADATA_UNIT];
         units.extend_from_slice(NOVA_DAEMONS);
+        // One systemd reload for libvirt and Nova together.
+        service::enable(&[LIBVIRT_UNITS, &units].concat())?;
+        service::start(LIBVIRT_UNITS, false)?;
         service::start_in_background(&units)?;
         println!("ciab-firstboot: nova: {} starting; libvirt virt_type={virt_type}", units.join(", "));
         set_stamp(ctx, COMPUTE.name)

@@ -313,6 +313,9 @@ pub const SERVICE_PROJECT: &str = "service";
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CloudSummary {
     pub identity_url: String,
+    /// Horizon's login page; empty in a summary written before Horizon was added.
+    #[serde(default)]
+    pub dashboard_url: String,
     pub region: String,
     pub ca_fingerprint: String,
     pub users: Vec<(String, String)>,
@@ -372,6 +375,7 @@ impl Step<Ctx> for IdentityStep {
         crate::atomic::write_atomic_mode(&path, keystone::clouds_yaml(&endpoints, &clouds, &pki.ca_cert().display().to_string()).as_bytes(), 0o600)?;
         let summary = CloudSummary {
             identity_url: endpoints.public("identity"),
+            dashboard_url: endpoints.public(&format!("{}/", super::horizon::WEBROOT.trim_start_matches('/'))),
             region: keystone::REGION.into(),
             ca_fingerprint: fingerprint(&std::fs::read_to_string(pki.ca_cert())?)?,
             users: vec![("admin".into(), "admin".into()), (MEMBER_USER.into(), format!("member of {MEMBER_PROJECT}"))],

@@ -4,7 +4,7 @@
 
 use super::catalog::BLOCK_STORAGE;
 use super::rest::{expect, request};
-use super::service_steps::{api_started, pool, start_api};
+use super::service_steps::{api_started, install_api, launch_api, pool};
 use super::steps::{addresses, db_url, endpoints, has_cloud, secret};
 use super::uwsgi::Uwsgi;
 use super::{cinder, messaging, service};
@@ -55,7 +55,6 @@ impl Step<Ctx> for CinderStep {
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let cp = ctx.plan()?.control_plane.context("a cloud profile's plan has a control plane")?;
         let lv = Self::ensure_thin_pool()?;
-        service::start(ISCSI_UNITS, false)?;
         let site = ctx.site()?;
         let my_ip = addresses(ctx)?.first().map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1".into());
         let endpoints = endpoints(ctx)?;
@@ -75,8 +74,12 @@ impl Step<Ctx> for CinderStep {
         super::keys::chown(&volumes_dir, super::keys::system_user(&ctx.root, "cinder")?)?;
         let ini = Uwsgi::api("cinder-api", BLOCK_STORAGE.bind, "/usr/bin/cinder-wsgi", "cinder", cp.workers.cinder_api);
         // The daemons read the API's file.
-        start_api(ctx, &BLOCK_STORAGE, &ini, (cinder::CONF, conf.render()), &[])?;
-        service::start_in_background(CINDER_DAEMONS)?;
+        install_api(ctx, &BLOCK_STORAGE, &ini, (cinder::CONF, conf.render()), &[])?;
+        // One systemd reload for the iSCSI units, the API and the daemons;
+        // tgt and iscsid are awaited (a failure names them), the rest not.
+        service::enable(&[ISCSI_UNITS, &[BLOCK_STORAGE.unit], CINDER_DAEMONS].concat())?;
+        service::start(ISCSI_UNITS, false)?;
+        launch_api(ctx, &BLOCK_STORAGE, &ini, CINDER_DAEMONS)?;
         println!("ciab-firstboot: cinder: thin pool {lv}, tgt and iscsid up; {} starting", CINDER_DAEMONS.join(", "));
         Ok(())
     }
