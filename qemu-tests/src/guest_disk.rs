@@ -11,7 +11,9 @@ use std::path::Path;
 /// survived whatever ended the guest.
 pub fn read_root_file(disk: &Path, path: &str) -> Result<String> {
     let raw = disk.with_extension("raw");
-    Cmd::new("qemu-img").args(["convert", "-q", "-O", "raw"]).arg(disk).arg(&raw).run()?;
+    // -U: the guest may still be running (QEMU holds the image's write
+    // lock); this reads a copy, as a power cut at this moment would leave it.
+    Cmd::new("qemu-img").args(["convert", "-U", "-q", "-O", "raw"]).arg(disk).arg(&raw).run()?;
     let json: serde_json::Value = Cmd::new("sfdisk").arg("--json").arg(&raw).run_json()?;
     let parts = json["partitiontable"]["partitions"].as_array().context("sfdisk: no partitions")?.clone();
     let root = parts.iter().find(|p| p["name"] == "root-a").context("no root-a partition")?;

@@ -1,14 +1,14 @@
 //! The IaaS layer end to end under QEMU/TCG: the default image (`eval`)
-//! boots on a blank 64 GB disk with 12 GiB and 4 vCPUs, its NIC on
+//! boots on a blank 64 GiB disk with 12 GiB and 4 vCPUs, its NIC on
 //! user-mode networking with `restrict=on` (nothing outside is reachable;
 //! only the status page and the TLS front end are forwarded in), and first
-//! boot brings up MariaDB and Keystone behind HAProxy with the box's own CA.
+//! boot brings up the cloud behind HAProxy with the box's own CA.
 //!
 //! The power is cut while Keystone is being configured; the next boot
-//! resumes there (the CA is kept, no schema is reloaded). The power is cut
-//! again once the box is ready; the third boot brings the cloud back on its
-//! own, and the host gets a token through the front end, trusting only the
-//! CA the status page offers.
+//! resumes there (the CA is kept, no schema is reloaded) to ready. The host,
+//! trusting only the CA the status page offers, then uses the cloud as its
+//! non-admin member. The long tier also cuts the power at ready (the third
+//! boot brings the cloud back on its own) and boots a server.
 
 use ciab_builder::exec::Cmd;
 use ciab_builder::qemu::{Disk, Firmware, Machine, Network, PortForward};
@@ -18,8 +18,8 @@ use ciab_qemu_tests::images;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Power-on to ready measured ~160 s under TCG on an idle host; the test
-/// suite runs two VMs at once on two cores.
+/// Boot 2 (resumed at Keystone) to ready measured ~1060 s under TCG on an
+/// otherwise idle host.
 const FIRST_BOOT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// Waits for first boot's end; a failure fails the test at once with the console.
@@ -78,7 +78,7 @@ enum Tier {
 }
 
 #[test]
-fn eval_serves_keystone_through_the_tls_front_end_and_survives_power_cuts() {
+fn eval_resumes_after_a_power_cut_and_serves_a_member_through_the_tls_front_end() {
     run(Tier::Ci);
 }
 
@@ -122,7 +122,7 @@ fn run(tier: Tier) {
             break;
         }
         // A step before Keystone that fails ends first boot: say so now, not after the timeout.
-        if let Some(failed) = lines.iter().find(|l| l.contains("ciab: first boot FAILED")) {
+        if let Some(failed) = lines.iter().find(|l| l.contains("ciab: first boot FAILED") || l.contains("Kernel panic - not syncing")) {
             panic!("{}", vm.failure_report(failed));
         }
         assert!(t0.elapsed() < FIRST_BOOT_TIMEOUT, "{reached} not reached after {:?}\n{}", t0.elapsed(), vm.failure_report("keystone"));
@@ -152,7 +152,7 @@ fn run(tier: Tier) {
     assert!(has("cinder: thin pool ciab/ciab-pool, tgt and iscsid up; cinder-scheduler, cinder-volume starting"), "{lines:#?}");
     assert!(has("apis: cinder-scheduler and cinder-volume up"), "{lines:#?}");
     assert!(has("neutron: OVN chassis up (gateway, physnet1 on br-ex); metadata agent starting"), "{lines:#?}");
-    assert!(has("nova: nova-api, nova-api-metadata, nova-conductor, nova-scheduler, nova-compute starting; libvirt virt_type="), "{lines:#?}");
+    assert!(has("nova: nova-api, nova-api-metadata, nova-conductor, nova-scheduler, nova-compute starting; libvirt virt_type=kvm"), "nested KVM under TCG (-cpu max): {lines:#?}");
     assert!(has("apis: Nova's metadata API answers on http://127.0.0.1:8775/ for the OVN metadata agent"), "{lines:#?}");
     assert!(has("apis: nova-conductor, nova-scheduler and nova-compute up, the hypervisor mapped"), "{lines:#?}");
     for api in ["identity", "image", "placement", "compute", "network", "block-storage"] {
@@ -174,6 +174,10 @@ fn run(tier: Tier) {
     assert_eq!(code, 200, "{pem}");
     std::fs::write(&ca, &pem).unwrap();
     assert_eq!(fingerprint_of(&ca), fingerprint);
+    let (code, _, page) = curl(&[&format!("http://127.0.0.1:{status}/")]);
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains(&format!("Dashboard (Horizon): <a href=\"https://localhost:{https}/horizon/\">")), "the status page links the dashboard: {page}");
+    assert!(page.contains(&format!("<code>{fingerprint}</code>")), "{page}");
 
     // Through the front end, from the host: TLS verified against the box's CA only.
     let version_url = format!("https://localhost:{https}/identity/v3");
@@ -183,17 +187,27 @@ fn run(tier: Tier) {
     let (code, _, _) = curl(&[&version_url]);
     assert_eq!(code, 0, "without the box's CA the certificate is not trusted");
 
-    // Boot 3, after a power cut at ready: the cloud comes back on its own.
-    vm.power_cut().unwrap();
-    drop(vm);
+    // The box's secrets are where first boot wrote them, mode 0600, and
+    // root's clouds.yaml names them (read off the disk, not over the wire).
     let password = ciab_qemu_tests::guest_disk::read_root_file(&disk, "/var/lib/ciab/secrets/keystone-admin").unwrap();
     let clouds = ciab_qemu_tests::guest_disk::read_root_file(&disk, "/root/.config/openstack/clouds.yaml").unwrap();
     assert!(clouds.contains(&format!("auth_url: https://localhost:{https}/identity\n")), "{clouds}");
     assert!(clouds.contains(&format!("password: {}\n", password.trim())), "{clouds}");
     assert!(clouds.contains("\n  demo:\n    auth:\n"), "the member's cloud too: {clouds}");
     let member_password = ciab_qemu_tests::guest_disk::read_root_file(&disk, "/var/lib/ciab/secrets/demo-password").unwrap();
+
+    // The long tier cuts the power at ready: the third boot must bring the
+    // cloud back on its own (every service restarts under TCG, ~10 min,
+    // which CI's budget does not have). The CI tier goes on with boot 2.
     let t2 = Instant::now();
-    let vm = Vm::start(&m).unwrap();
+    let vm = match tier {
+        Tier::Long => {
+            vm.power_cut().unwrap();
+            drop(vm);
+            Vm::start(&m).unwrap()
+        }
+        Tier::Ci => vm,
+    };
     // As the non-admin member, as a user of the cloud would.
     let auth = format!(
         r#"{{"auth": {{"identity": {{"methods": ["password"], "password": {{"user": {{"name": "demo", "domain": {{"id": "default"}}, "password": "{}"}}}}}}, "scope": {{"project": {{"name": "demo", "domain": {{"id": "default"}}}}}}}}}}"#,
@@ -208,7 +222,8 @@ fn run(tier: Tier) {
         assert!(t2.elapsed() < FIRST_BOOT_TIMEOUT, "no token after {:?}: {code} {body}\n{}", t2.elapsed(), vm.failure_report("token"));
         std::thread::sleep(Duration::from_secs(5));
     };
-    let third = t2.elapsed();
+    let third = (tier == Tier::Long).then(|| t2.elapsed());
+    let checks = Instant::now();
     assert!(headers.to_ascii_lowercase().contains("x-subject-token: g"), "a Fernet token: {headers}");
     let token: serde_json::Value = serde_json::from_str(&body).unwrap();
     let roles: Vec<&str> = token["token"]["roles"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
@@ -500,10 +515,9 @@ fn run(tier: Tier) {
     if let Some((_, _, active, up)) = launched {
         eprintln!("iaas: server e2e-server ACTIVE {:.0} s after the request, its console marker at {:.0} s", active.as_secs_f64(), up.as_secs_f64());
     }
-    eprintln!(
-        "iaas: power-on to the keystone step {:.0} s; resumed boot to ready {:.0} s; third boot to a token {:.0} s",
-        reached_keystone.as_secs_f64(),
-        second.as_secs_f64(),
-        third.as_secs_f64()
-    );
+    eprintln!("iaas: power-on to the keystone step {:.0} s; resumed boot to ready {:.0} s", reached_keystone.as_secs_f64(), second.as_secs_f64());
+    if let Some(third) = third {
+        eprintln!("iaas: third boot (power cut at ready) to a member's token {:.0} s", third.as_secs_f64());
+    }
+    eprintln!("iaas: the member's checks took {:.0} s", checks.elapsed().as_secs_f64());
 }
