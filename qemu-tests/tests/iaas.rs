@@ -187,14 +187,13 @@ fn run(tier: Tier) {
     let (code, _, _) = curl(&[&version_url]);
     assert_eq!(code, 0, "without the box's CA the certificate is not trusted");
 
-    // The box's secrets are where first boot wrote them, mode 0600, and
-    // root's clouds.yaml names them (read off the disk, not over the wire).
-    let password = ciab_qemu_tests::guest_disk::read_root_file(&disk, "/var/lib/ciab/secrets/keystone-admin").unwrap();
-    let clouds = ciab_qemu_tests::guest_disk::read_root_file(&disk, "/root/.config/openstack/clouds.yaml").unwrap();
+    // The box's secrets are on its disk, and root's clouds.yaml names them
+    // (read off the disk, not over the wire).
+    let files = ciab_qemu_tests::guest_disk::read_root_files(&disk, &["/var/lib/ciab/secrets/keystone-admin", "/root/.config/openstack/clouds.yaml", "/var/lib/ciab/secrets/demo-password"]).unwrap();
+    let [password, clouds, member_password] = <[String; 3]>::try_from(files).unwrap();
     assert!(clouds.contains(&format!("auth_url: https://localhost:{https}/identity\n")), "{clouds}");
     assert!(clouds.contains(&format!("password: {}\n", password.trim())), "{clouds}");
     assert!(clouds.contains("\n  demo:\n    auth:\n"), "the member's cloud too: {clouds}");
-    let member_password = ciab_qemu_tests::guest_disk::read_root_file(&disk, "/var/lib/ciab/secrets/demo-password").unwrap();
 
     // The long tier cuts the power at ready: the third boot must bring the
     // cloud back on its own (every service restarts under TCG, ~10 min,
