@@ -60,7 +60,7 @@ pub fn find_firstboot_bin(explicit: Option<&Path>) -> Result<PathBuf> {
 
 pub fn build(opts: &BuildOptions) -> Result<BuildResult> {
     let spec = Spec::load(&opts.spec)?;
-    crate::fetch::check_pinned(&spec.images, &spec.artifacts).with_context(|| format!("{}", opts.spec.display()))?;
+    crate::fetch::check_pinned(&spec).with_context(|| format!("{}", opts.spec.display()))?;
     let checks = doctor::check_all();
     doctor::require(&checks, doctor::Need::Build)?;
     if !rustix::process::geteuid().is_root() {

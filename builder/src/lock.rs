@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pin {
     pub origin: Origin,
-    /// `registry.images` or `artifacts`.
+    /// `registry.images`, `artifacts` or `guest_images`.
     pub array: &'static str,
     /// `digest` or `sha256`.
     pub key: &'static str,
@@ -45,6 +45,15 @@ pub fn lock(spec_path: &Path, cache_root: &Path, opts: &FetchOptions, update: bo
     for (a, (digest, _)) in to_pin.iter().zip(fetcher.artifacts(&unpinned)?) {
         if a.sha256.as_deref() != Some(digest.hex()) {
             pins.push(Pin { origin: a.origin.clone(), array: "artifacts", key: "sha256", value: digest.hex().to_owned(), what: a.dest.clone() });
+        }
+    }
+    // Downloaded guest images are pinned like artifacts.
+    let guests: Vec<(&crate::spec::GuestImageSpec, crate::spec::ArtifactSpec)> =
+        spec.guest_images.iter().filter_map(|g| Some((g, g.download_artifact()?))).filter(|(_, a)| a.sha256.is_none() || update).collect();
+    let unpinned: Vec<_> = guests.iter().map(|(_, a)| crate::spec::ArtifactSpec { sha256: None, ..a.clone() }).collect();
+    for ((g, a), (digest, _)) in guests.iter().zip(fetcher.artifacts(&unpinned)?) {
+        if a.sha256.as_deref() != Some(digest.hex()) {
+            pins.push(Pin { origin: g.origin.clone(), array: "guest_images", key: "sha256", value: digest.hex().to_owned(), what: g.name.clone() });
         }
     }
     let mut by_file: BTreeMap<PathBuf, Vec<&Pin>> = BTreeMap::new();

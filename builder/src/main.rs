@@ -51,7 +51,7 @@ fn dispatch(command: Command) -> Result<()> {
                 println!("{}: ok ({} {}, {} packages, overlays: {}, {} images, {} artifacts)", args.spec.display(), s.name, s.version, s.packages.len(),
                     s.overlays.iter().filter_map(|o| o.file_name()).map(|n| n.to_string_lossy().into_owned()).collect::<Vec<_>>().join(", "),
                     s.images.len(), s.artifacts.len());
-                if let Err(e) = ciab_builder::fetch::check_pinned(&s.images, &s.artifacts) {
+                if let Err(e) = ciab_builder::fetch::check_pinned(&s) {
                     println!("warning: {e}");
                 }
             }

@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -166,7 +166,8 @@ pub struct ArtifactEntry {
     pub dest: toml::Spanned<String>,
 }
 
-/// `[[guest_images]]` as written.
+/// `[[guest_images]]` as written: made by the builder (`build`) or
+/// downloaded (`url`, pinned by `sha256`, like an artifact).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestImageEntry {
@@ -174,7 +175,20 @@ pub struct GuestImageEntry {
     pub name: toml::Spanned<String>,
     /// What the builder makes: `tiny` (the image's kernel and busybox, a
     /// DHCP client and a console marker; for checking a cloud end to end).
-    pub build: toml::Spanned<String>,
+    pub build: Option<toml::Spanned<String>>,
+    /// Where an upstream image comes from: `https://…`, `http://…`,
+    /// `file:///…` or a path relative to the spec file.
+    pub url: Option<toml::Spanned<String>>,
+    pub sha256: Option<toml::Spanned<String>>,
+    /// Glance's `disk_format` of a downloaded image: `qcow2` or `raw`.
+    pub disk_format: Option<toml::Spanned<String>>,
+    pub min_ram_mib: Option<u64>,
+    /// Glance properties (scs-0102's) over the builder's defaults.
+    pub properties: Option<toml::Spanned<BTreeMap<String, String>>>,
+    /// Marks a test's stand-in for an image that cannot be downloaded
+    /// where the test runs: the reason, shown in the image's description
+    /// and its `ciab_stand_in` property.
+    pub stand_in: Option<toml::Spanned<String>>,
 }
 
 /// The resolved spec: what a build runs from. Serialized as JSON it is the
@@ -294,14 +308,61 @@ pub enum GuestBuild {
     Tiny,
 }
 
-/// A guest disk image of the bundle.
+/// A guest disk image of the bundle: built or downloaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestImageSpec {
     pub name: String,
-    pub build: GuestBuild,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<GuestBuild>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download: Option<GuestDownload>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ram_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
     #[serde(skip)]
     pub origin: Origin,
 }
+
+/// An upstream guest image, fetched like an artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestDownload {
+    /// `http(s)://…` or an absolute local path.
+    pub url: String,
+    pub sha256: Option<String>,
+    pub disk_format: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stand_in: Option<String>,
+}
+
+impl GuestImageSpec {
+    /// Its file in the bundle: the name with spaces as dashes, and the
+    /// format's extension (`guest-images/Ubuntu-24.04.qcow2`).
+    pub fn file_name(&self) -> String {
+        let ext = self.download.as_ref().map_or("raw", |d| d.disk_format.as_str());
+        format!("{}.{ext}", self.name.replace(' ', "-"))
+    }
+
+    /// The download as an artifact, for the fetcher and `ciab lock`.
+    pub fn download_artifact(&self) -> Option<ArtifactSpec> {
+        self.download.as_ref().map(|d| ArtifactSpec { url: d.url.clone(), sha256: d.sha256.clone(), dest: format!("guest-images/{}", self.file_name()), origin: self.origin.clone() })
+    }
+}
+
+/// scs-0104-v1's reserved image names, and the prefixes `image_source` must
+/// have for an image to take one: a cloud's "Ubuntu 24.04" is Canonical's.
+pub const RESERVED_IMAGE_NAMES: &[(&str, &[&str])] = &[
+    ("Ubuntu 24.04", &["https://cloud-images.ubuntu.com/releases/noble/", "https://cloud-images.ubuntu.com/noble/"]),
+    ("Ubuntu 22.04", &["https://cloud-images.ubuntu.com/releases/jammy/", "https://cloud-images.ubuntu.com/jammy/"]),
+    ("Ubuntu 20.04", &["https://cloud-images.ubuntu.com/releases/focal/", "https://cloud-images.ubuntu.com/focal/"]),
+    ("Debian 13", &["https://cloud.debian.org/images/cloud/trixie/", "https://cdimage.debian.org/cdimage/cloud/trixie/"]),
+    ("Debian 12", &["https://cloud.debian.org/images/cloud/bookworm/", "https://cdimage.debian.org/cdimage/cloud/bookworm/"]),
+    ("Debian 11", &["https://cloud.debian.org/images/cloud/bullseye/", "https://cdimage.debian.org/cdimage/cloud/bullseye/"]),
+    ("Debian 10", &["https://cloud.debian.org/images/cloud/buster/", "https://cdimage.debian.org/cdimage/cloud/buster/"]),
+];
+
+/// Properties of scs-0102 only the spec can know for a downloaded image.
+pub const DOWNLOAD_REQUIRED_PROPERTIES: &[&str] = &["os_distro", "os_version", "image_original_user", "image_build_date", "replace_frequency"];
 
 /// Registries whose names the box's containerd resolves through the offline
 /// registry (`overlays/registry/etc/containerd/certs.d`).
@@ -599,7 +660,7 @@ fn check_file(loc: &Located, file: &SpecFile, dir: &Path) -> Result<Merged> {
         m.artifacts.push(check_artifact(loc, dir, i, entry)?);
     }
     for (i, entry) in file.guest_images.iter().enumerate() {
-        m.guest_images.push(check_guest_image(loc, i, entry)?);
+        m.guest_images.push(check_guest_image(loc, dir, i, entry)?);
     }
     Ok(m)
 }
@@ -678,46 +739,89 @@ fn parse_source(dir: &Path, s: &str) -> Result<ImageSource, String> {
     Ok(ImageSource::Registry { reference: parsed.to_string() })
 }
 
-fn check_artifact(loc: &Located, dir: &Path, i: usize, entry: &ArtifactEntry) -> Result<ArtifactSpec> {
-    let key = |field: &str| format!("artifacts[{i}].{field}");
-    let url = entry.url.get_ref();
-    let url = if url.starts_with("https://") || url.starts_with("http://") {
-        url.clone()
+/// An artifact's or downloaded guest image's `url`: http(s) as is, local
+/// paths absolute.
+fn check_url(loc: &Located, dir: &Path, spanned: &toml::Spanned<String>, key: &str) -> Result<String> {
+    let url = spanned.get_ref();
+    if url.starts_with("https://") || url.starts_with("http://") {
+        Ok(url.clone())
     } else if let Some(path) = url.strip_prefix("file://") {
         if !path.starts_with('/') {
-            return Err(loc.err(&entry.url, &key("url"), format!("{url:?}: a file:// URL needs an absolute path (file:///…)")));
+            return Err(loc.err(spanned, key, format!("{url:?}: a file:// URL needs an absolute path (file:///…)")));
         }
-        path.to_owned()
+        Ok(path.to_owned())
     } else if url.contains("://") || url.is_empty() {
-        return Err(loc.err(&entry.url, &key("url"), format!("{url:?} is not supported: use https://, http://, file:// or a path")));
+        Err(loc.err(spanned, key, format!("{url:?} is not supported: use https://, http://, file:// or a path")))
     } else {
-        dir.join(expand_home(url)).to_string_lossy().into_owned()
-    };
-    let sha256 = match &entry.sha256 {
-        Some(s) => {
-            let v = s.get_ref();
-            if v.len() != 64 || !v.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
-                return Err(loc.err(s, &key("sha256"), format!("{v:?} is not a sha256: 64 lowercase hex digits")));
-            }
-            Some(v.clone())
-        }
-        None => None,
-    };
+        Ok(dir.join(expand_home(url)).to_string_lossy().into_owned())
+    }
+}
+
+fn check_sha256(loc: &Located, spanned: Option<&toml::Spanned<String>>, key: &str) -> Result<Option<String>> {
+    let Some(s) = spanned else { return Ok(None) };
+    let v = s.get_ref();
+    if v.len() != 64 || !v.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+        return Err(loc.err(s, key, format!("{v:?} is not a sha256: 64 lowercase hex digits")));
+    }
+    Ok(Some(v.clone()))
+}
+
+fn check_artifact(loc: &Located, dir: &Path, i: usize, entry: &ArtifactEntry) -> Result<ArtifactSpec> {
+    let key = |field: &str| format!("artifacts[{i}].{field}");
+    let url = check_url(loc, dir, &entry.url, &key("url"))?;
+    let sha256 = check_sha256(loc, entry.sha256.as_ref(), &key("sha256"))?;
     let dest = normalize_dest(entry.dest.get_ref()).map_err(|e| loc.err(&entry.dest, &key("dest"), e))?;
     Ok(ArtifactSpec { url, sha256, dest, origin: Origin { file: loc.path.clone(), index: i } })
 }
 
-fn check_guest_image(loc: &Located, i: usize, entry: &GuestImageEntry) -> Result<GuestImageSpec> {
+fn check_guest_image(loc: &Located, dir: &Path, i: usize, entry: &GuestImageEntry) -> Result<GuestImageSpec> {
     let key = |field: &str| format!("guest_images[{i}].{field}");
     let name = entry.name.get_ref();
-    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) || name.starts_with('.') {
-        return Err(loc.err(&entry.name, &key("name"), format!("{name:?} is not a usable image name: 1 to 64 of A-Z a-z 0-9 . _ - (also its file name in the bundle)")));
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._- ".contains(c)) || name.starts_with(['.', ' ']) || name.ends_with(' ') {
+        return Err(loc.err(&entry.name, &key("name"), format!("{name:?} is not a usable image name: 1 to 64 of A-Z a-z 0-9 . _ - and inner spaces (also its file name in the bundle, spaces as dashes)")));
     }
-    let build = match entry.build.get_ref().as_str() {
-        "tiny" => GuestBuild::Tiny,
-        other => return Err(loc.err(&entry.build, &key("build"), format!("unknown build {other:?}, expected \"tiny\""))),
+    let properties = entry.properties.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
+    if let (Some(p), Some(bad)) = (&entry.properties, properties.keys().find(|k| k.is_empty() || !k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_:".contains(c)))) {
+        return Err(loc.err(p, &key("properties"), format!("{bad:?} is not a Glance property name: a-z 0-9 _ :")));
+    }
+    let (build, download) = match (&entry.build, &entry.url) {
+        (Some(b), None) => {
+            if let Some(extra) = [("sha256", entry.sha256.is_some()), ("disk_format", entry.disk_format.is_some()), ("stand_in", entry.stand_in.is_some())].iter().find(|f| f.1) {
+                return Err(loc.err(b, &key(extra.0), format!("{} is for downloaded images (url); a built image has none", extra.0)));
+            }
+            match b.get_ref().as_str() {
+                "tiny" => (Some(GuestBuild::Tiny), None),
+                other => return Err(loc.err(b, &key("build"), format!("unknown build {other:?}, expected \"tiny\""))),
+            }
+        }
+        (None, Some(u)) => {
+            let url = check_url(loc, dir, u, &key("url"))?;
+            let sha256 = check_sha256(loc, entry.sha256.as_ref(), &key("sha256"))?;
+            let disk_format = match &entry.disk_format {
+                Some(f) if ["qcow2", "raw"].contains(&f.get_ref().as_str()) => f.get_ref().clone(),
+                Some(f) => return Err(loc.err(f, &key("disk_format"), format!("{:?}: expected \"qcow2\" or \"raw\"", f.get_ref()))),
+                None => return Err(loc.err(u, &key("disk_format"), "a downloaded image needs its disk_format: \"qcow2\" or \"raw\"")),
+            };
+            if let Some(missing) = DOWNLOAD_REQUIRED_PROPERTIES.iter().find(|p| !properties.contains_key(**p)) {
+                return Err(loc.err(u, &key(&format!("properties.{missing}")), format!("scs-0102 wants {missing} on every public image, and only the spec knows it for a downloaded one: set it in [guest_images.properties]")));
+            }
+            let stand_in = entry.stand_in.as_ref().map(|s| s.get_ref().clone());
+            (None, Some(GuestDownload { url, sha256, disk_format, stand_in }))
+        }
+        _ => return Err(loc.err(&entry.name, &key("build"), "a guest image is either built (build = \"tiny\") or downloaded (url = …): give exactly one")),
     };
-    Ok(GuestImageSpec { name: name.clone(), build, origin: Origin { file: loc.path.clone(), index: i } })
+    // scs-0104: a reserved name promises the upstream image.
+    if let Some((_, prefixes)) = RESERVED_IMAGE_NAMES.iter().find(|(n, _)| n == name) {
+        let source = properties.get("image_source").cloned().or_else(|| download.as_ref().map(|d| d.url.clone())).unwrap_or_default();
+        if build.is_some() || !prefixes.iter().any(|p| source.starts_with(p)) {
+            return Err(loc.err(
+                &entry.name,
+                &key("name"),
+                format!("{name:?} is reserved by scs-0104 for the upstream image: its image_source must start with {} (a builder-made image needs another name)", prefixes.join(" or ")),
+            ));
+        }
+    }
+    Ok(GuestImageSpec { name: name.clone(), build, download, min_ram_mib: entry.min_ram_mib, properties, origin: Origin { file: loc.path.clone(), index: i } })
 }
 
 /// A relative path of plain components that stays inside the bundle and
@@ -775,7 +879,7 @@ fn resolve(path: &Path, m: Merged, files: Vec<PathBuf>) -> Result<Spec> {
         .into());
     }
     for (i, g) in m.guest_images.iter().enumerate() {
-        if let Some(first) = m.guest_images[..i].iter().find(|h| h.name == g.name) {
+        if let Some(first) = m.guest_images[..i].iter().find(|h| h.name == g.name || h.file_name() == g.file_name()) {
             return Err(SpecError {
                 file: path.to_owned(),
                 position: None,
@@ -785,7 +889,7 @@ fn resolve(path: &Path, m: Merged, files: Vec<PathBuf>) -> Result<Spec> {
             .into());
         }
     }
-    if m.guest_images.iter().any(|g| g.build == GuestBuild::Tiny) && !packages.contains("busybox-static") {
+    if m.guest_images.iter().any(|g| g.build == Some(GuestBuild::Tiny)) && !packages.contains("busybox-static") {
         return Err(SpecError {
             file: path.to_owned(),
             position: None,
@@ -1080,7 +1184,9 @@ root_mib = 4096
         let ok = write(&dir.path(), "ok.toml", &guest("[[guest_images]]\nname = \"ciab-tiny\"\nbuild = \"tiny\"\n", "\"busybox-static\""));
         let spec = Spec::load(&ok).unwrap();
         assert_eq!(spec.guest_images.len(), 1);
-        assert_eq!((spec.guest_images[0].name.as_str(), spec.guest_images[0].build), ("ciab-tiny", GuestBuild::Tiny));
+        assert_eq!((spec.guest_images[0].name.as_str(), spec.guest_images[0].build), ("ciab-tiny", Some(GuestBuild::Tiny)));
+        assert_eq!(spec.guest_images[0].file_name(), "ciab-tiny.raw");
+        assert!(spec.identity_json().unwrap().contains(r#"{"build":"tiny","name":"ciab-tiny"}"#), "a built image's identity is as before: {}", spec.identity_json().unwrap());
         assert!(spec.identity_json().unwrap().contains("guest_images"), "part of the image's identity");
         let none = write(&dir.path(), "none.toml", &guest("", "\"busybox-static\""));
         assert!(!Spec::load(&none).unwrap().identity_json().unwrap().contains("guest_images"), "absent when empty, so old specs keep their identity");
@@ -1088,9 +1194,39 @@ root_mib = 4096
         let cases = [
             ("[[guest_images]]\nname = \"tiny\"\nbuild = \"huge\"\n", "\"busybox-static\"", "guest_images[0].build", "unknown build \"huge\", expected \"tiny\""),
             ("[[guest_images]]\nname = \"../x\"\nbuild = \"tiny\"\n", "\"busybox-static\"", "guest_images[0].name", "is not a usable image name"),
+            ("[[guest_images]]\nname = \"Debian 13\"\nbuild = \"tiny\"\n", "\"busybox-static\"", "guest_images[0].name", "is reserved by scs-0104"),
+            ("[[guest_images]]\nname = \"t\"\n", "\"busybox-static\"", "guest_images[0].build", "give exactly one"),
+            ("[[guest_images]]\nname = \"t\"\nbuild = \"tiny\"\nsha256 = \"00\"\n", "\"busybox-static\"", "guest_images[0].sha256", "for downloaded images"),
+            ("[[guest_images]]\nname = \"u\"\nurl = \"https://example.org/u.img\"\n", "", "guest_images[0].disk_format", "needs its disk_format"),
+            ("[[guest_images]]\nname = \"u\"\nurl = \"https://example.org/u.img\"\ndisk_format = \"vmdk\"\n", "", "guest_images[0].disk_format", "expected \"qcow2\" or \"raw\""),
+            ("[[guest_images]]\nname = \"u\"\nurl = \"https://example.org/u.img\"\ndisk_format = \"qcow2\"\n[guest_images.properties]\nos_distro = \"ubuntu\"\n", "", "guest_images[0].properties.os_version", "scs-0102 wants os_version"),
+            ("[[guest_images]]\nname = \"Ubuntu 24.04\"\nurl = \"https://mirror.example/noble.img\"\ndisk_format = \"qcow2\"\n[guest_images.properties]\nos_distro = \"ubuntu\"\nos_version = \"24.04\"\nimage_original_user = \"ubuntu\"\nimage_build_date = \"2024-04-23\"\nreplace_frequency = \"never\"\n", "", "guest_images[0].name", "must start with https://cloud-images.ubuntu.com/releases/noble/"),
+            ("[[guest_images]]\nname = \"u\"\nurl = \"https://example.org/u.img\"\ndisk_format = \"qcow2\"\n[guest_images.properties]\n\"OS Distro\" = \"x\"\n", "", "guest_images[0].properties", "is not a Glance property name"),
+            ("[[guest_images]]\nname = \"a b\"\nbuild = \"tiny\"\n[[guest_images]]\nname = \"a-b\"\nbuild = \"tiny\"\n", "\"busybox-static\"", "guest_images", "guest image a-b is listed twice"),
             ("[[guest_images]]\nname = \"t\"\nbuild = \"tiny\"\n", "\"vim\"", "guest_images", "add \"busybox-static\" to packages.install"),
             ("[[guest_images]]\nname = \"t\"\nbuild = \"tiny\"\n[[guest_images]]\nname = \"t\"\nbuild = \"tiny\"\n", "\"busybox-static\"", "guest_images", "guest image t is listed twice"),
         ];
+        // An upstream image, here a stand-in file beside the spec: its
+        // reserved name is allowed by the upstream image_source it declares.
+        let up = write(
+            &dir.path(),
+            "up.toml",
+            &guest(
+                "[[guest_images]]\nname = \"Ubuntu 24.04\"\nurl = \"stand-ins/noble.img\"\ndisk_format = \"qcow2\"\nmin_ram_mib = 512\nstand_in = \"no internet where the tests run\"\n[guest_images.properties]\nimage_source = \"https://cloud-images.ubuntu.com/releases/noble/release-20240423/ubuntu-24.04-server-cloudimg-amd64.img\"\nos_distro = \"ubuntu\"\nos_version = \"24.04\"\nimage_original_user = \"ubuntu\"\nimage_build_date = \"2024-04-23\"\nreplace_frequency = \"quarterly\"\n",
+                "",
+            ),
+        );
+        let spec = Spec::load(&up).unwrap();
+        let g = &spec.guest_images[0];
+        assert_eq!((g.file_name().as_str(), g.build, g.min_ram_mib), ("Ubuntu-24.04.qcow2", None, Some(512)));
+        let d = g.download.as_ref().unwrap();
+        assert_eq!(d.url, up.parent().unwrap().join("stand-ins/noble.img").to_string_lossy(), "relative to the spec file");
+        assert_eq!(d.stand_in.as_deref(), Some("no internet where the tests run"));
+        assert_eq!(g.properties["os_distro"], "ubuntu");
+        assert_eq!(g.download_artifact().unwrap().dest, "guest-images/Ubuntu-24.04.qcow2");
+        let unpinned = crate::fetch::check_pinned(&spec).unwrap_err().to_string();
+        assert!(unpinned.contains("guest-images/Ubuntu-24.04.qcow2"), "a download is pinned like an artifact: {unpinned}");
+
         for (i, (extra, packages, key, message)) in cases.iter().enumerate() {
             let p = write(&dir.path(), &format!("bad{i}.toml"), &guest(extra, packages));
             let err = err_of(&p);
@@ -1152,7 +1288,7 @@ dest = "./kaas//k3s"
         let identity = spec.identity_json().unwrap();
         assert!(!identity.contains("layouts") && !identity.contains("files/k3s"), "{identity}");
         assert!(identity.contains(&d));
-        assert!(crate::fetch::check_pinned(&spec.images, &spec.artifacts).unwrap_err().to_string().contains("Run `ciab lock"));
+        assert!(crate::fetch::check_pinned(&spec).unwrap_err().to_string().contains("Run `ciab lock"));
     }
 
     #[test]
@@ -1194,7 +1330,7 @@ dest = "./kaas//k3s"
         for r in MIRRORED_REGISTRIES {
             let hosts = fs::read_to_string(certs.join(r).join("hosts.toml")).unwrap_or_else(|e| panic!("{r}: {e}"));
             let doc: toml::Value = toml::from_str(&hosts).unwrap();
-            let host = &doc["host"][&format!("http://127.0.0.1:5000/v2/{r}")];
+            let host = &doc["host"][&format!("http://{}/v2/{r}", ciab_firstboot::registry::ADDR)];
             assert_eq!(host["override_path"].as_bool(), Some(true), "{r}");
             assert_eq!(host["capabilities"].as_array().map(Vec::len), Some(2), "{r}");
         }

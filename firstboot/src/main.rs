@@ -34,7 +34,7 @@ enum Command {
     /// Serve the status page and /status.json.
     ServeStatus {
         /// TCP port.
-        #[arg(long, default_value_t = 8080)]
+        #[arg(long, default_value_t = ciab_firstboot::status::DEFAULT_PORT)]
         port: u16,
     },
     /// Print the discovered hardware as JSON.

@@ -203,6 +203,11 @@ pub struct Workers {
     pub cinder_api: u32,
     /// Horizon's WSGI processes.
     pub horizon: u32,
+    pub octavia_api: u32,
+    pub barbican_api: u32,
+    /// Swift's proxy, and each of its account, container and object servers.
+    pub swift_proxy: u32,
+    pub swift_storage: u32,
 }
 
 /// nova-compute settings and what instances get.
@@ -259,6 +264,8 @@ pub struct Volumes {
     pub nova_instances_gib: u64,
     /// Thin pool cinder's LVM driver carves volumes from.
     pub cinder_gib: u64,
+    /// Swift's one device, `/srv/node/d1`: objects, S3 buckets and volume backups.
+    pub swift_gib: u64,
     /// The KaaS layer's data (k3s, its datastore, container images).
     pub kaas_gib: u64,
 }
@@ -266,7 +273,7 @@ pub struct Volumes {
 impl Volumes {
     /// Sum of all volumes.
     pub fn total_gib(&self) -> u64 {
-        self.mariadb_gib + self.glance_gib + self.nova_instances_gib + self.cinder_gib + self.kaas_gib
+        self.mariadb_gib + self.glance_gib + self.nova_instances_gib + self.cinder_gib + self.swift_gib + self.kaas_gib
     }
 }
 
@@ -284,13 +291,20 @@ const PLACEMENT_MIB: u64 = 120;
 const NEUTRON_SERVER_MIB: u64 = 250;
 const CINDER_API_MIB: u64 = 150;
 const HORIZON_MIB: u64 = 200;
+const OCTAVIA_API_MIB: u64 = 180;
+const BARBICAN_API_MIB: u64 = 150;
+/// Swift's eventlet servers are lighter than the WSGI APIs.
+const SWIFT_PROXY_MIB: u64 = 100;
+const SWIFT_STORAGE_MIB: u64 = 60;
 /// Processes that run once per box whatever the worker count: nova-compute
 /// 300, nova-novncproxy 100, cinder-scheduler 150, cinder-volume 200,
-/// neutron-ovn-metadata-agent 150, and OVN/OVS (NB 150 + SB 200 ovsdb-server,
-/// ovn-northd 100, ovs-vswitchd 200, ovn-controller 150 = 800).
-const SINGLETONS_MIB: u64 = 300 + 100 + 150 + 200 + 150 + 800;
-/// Singletons holding database connections: cinder-scheduler, cinder-volume.
-const DB_SINGLETONS: u32 = 2;
+/// cinder-backup 150, octavia-driver-agent 150, neutron-ovn-metadata-agent
+/// 150, and OVN/OVS (NB 150 + SB 200 ovsdb-server, ovn-northd 100,
+/// ovs-vswitchd 200, ovn-controller 150 = 800).
+const SINGLETONS_MIB: u64 = 300 + 100 + 150 + 200 + 150 + 150 + 150 + 800;
+/// Singletons holding database connections: cinder-scheduler,
+/// cinder-volume, cinder-backup, octavia-driver-agent.
+const DB_SINGLETONS: u32 = 4;
 /// Every service is configured with this oslo.db pool, so the database can be
 /// sized for the worst case instead of oslo.db's default overflow of 50.
 const DB_MAX_POOL_SIZE: u32 = 5;
@@ -425,6 +439,10 @@ fn control_plane(profile: Profile, virt: Virtualization, memory_mib: u64, cpus: 
         neutron_server: w,
         cinder_api: half,
         horizon: half,
+        octavia_api: half,
+        barbican_api: half,
+        swift_proxy: half,
+        swift_storage: half,
     };
     let n = |c: u32| u64::from(c);
     let services_ram_mib = n(workers.keystone) * KEYSTONE_MIB
@@ -437,6 +455,10 @@ fn control_plane(profile: Profile, virt: Virtualization, memory_mib: u64, cpus: 
         + n(workers.neutron_server) * NEUTRON_SERVER_MIB
         + n(workers.cinder_api) * CINDER_API_MIB
         + n(workers.horizon) * HORIZON_MIB
+        + n(workers.octavia_api) * OCTAVIA_API_MIB
+        + n(workers.barbican_api) * BARBICAN_API_MIB
+        + n(workers.swift_proxy) * SWIFT_PROXY_MIB
+        + 3 * n(workers.swift_storage) * SWIFT_STORAGE_MIB
         + SINGLETONS_MIB;
 
     // Every process that talks to the database can hold pool + overflow
@@ -451,6 +473,8 @@ fn control_plane(profile: Profile, virt: Virtualization, memory_mib: u64, cpus: 
         + workers.placement
         + workers.neutron_server
         + workers.cinder_api
+        + workers.octavia_api
+        + workers.barbican_api
         + DB_SINGLETONS;
     let max_connections = DB_SPARE_CONNECTIONS + db_processes * (DB_MAX_POOL_SIZE + DB_MAX_OVERFLOW);
     // A one-box cloud's databases stay well under 2 GiB, so a buffer pool of
@@ -564,7 +588,9 @@ const MIN_GLANCE_GIB: u64 = 8;
 /// SCS-2V-4-20s must fit, its 20 GB plus ext4's overhead (a 16 GiB volume
 /// reported 15 and the server found "no valid host").
 const MIN_NOVA_GIB: u64 = 22;
-const MIN_CINDER_GIB: u64 = 8;
+const MIN_CINDER_GIB: u64 = 6;
+/// Room for a few volume backups and S3 objects on the smallest box.
+const MIN_SWIFT_GIB: u64 = 2;
 
 fn storage(profile: Profile, hw: &Hardware, target: &Disk, image_bytes: u64) -> Result<Storage, PlanError> {
     let free_bytes = target.size_bytes.saturating_sub(image_bytes).saturating_sub(DISK_OVERHEAD_BYTES);
@@ -574,7 +600,7 @@ fn storage(profile: Profile, hw: &Hardware, target: &Disk, image_bytes: u64) -> 
     // growing whichever volume fills first.
     let usable = vg_gib * 95 / 100;
     let needed = if profile.has_cloud() {
-        MIN_MARIADB_GIB + MIN_KAAS_GIB + MIN_GLANCE_GIB + MIN_NOVA_GIB + MIN_CINDER_GIB
+        MIN_MARIADB_GIB + MIN_KAAS_GIB + MIN_GLANCE_GIB + MIN_NOVA_GIB + MIN_CINDER_GIB + MIN_SWIFT_GIB
     } else {
         0
     };
@@ -592,14 +618,16 @@ fn storage(profile: Profile, hw: &Hardware, target: &Disk, image_bytes: u64) -> 
         // space, so big disks go to the tenants' data.
         let mariadb_gib = (usable / 100).clamp(MIN_MARIADB_GIB, 20);
         let kaas_gib = (usable * 3 / 100).clamp(MIN_KAAS_GIB, 64);
-        // The rest: images 1/5, instances and volumes 2/5 each, since tenants'
-        // data lives in instance disks and volumes, and images are shared.
-        // Cinder takes the remainder, so rounding loses nothing.
+        // The rest: images 1/5, instances 2/5, object storage (S3 and
+        // volume backups) 1/10 and volumes the remaining 3/10, since
+        // tenants' data lives in instance disks and volumes, and images are
+        // shared. Cinder takes the remainder, so rounding loses nothing.
         let rest = usable - mariadb_gib - kaas_gib;
         let glance_gib = (rest / 5).max(MIN_GLANCE_GIB);
         let nova_instances_gib = (rest * 2 / 5).max(MIN_NOVA_GIB);
-        let cinder_gib = rest - glance_gib - nova_instances_gib;
-        Volumes { mariadb_gib, glance_gib, nova_instances_gib, cinder_gib, kaas_gib }
+        let swift_gib = (rest / 10).max(MIN_SWIFT_GIB);
+        let cinder_gib = rest - glance_gib - nova_instances_gib - swift_gib;
+        Volumes { mariadb_gib, glance_gib, nova_instances_gib, cinder_gib, swift_gib, kaas_gib }
     });
     // Without a cloud, a quarter of the space (1 to 16 GiB) becomes one
     // plain volume; the rest stays in the VG for whatever the operator adds.
@@ -735,21 +763,25 @@ mod tests {
                 placement: 4,
                 neutron_server: 4,
                 cinder_api: 2,
-                horizon: 2
+                horizon: 2,
+                octavia_api: 2,
+                barbican_api: 2,
+                swift_proxy: 2,
+                swift_storage: 2
             }
         );
-        assert_eq!(cp.mariadb, Mariadb { innodb_buffer_pool_mib: 1920, max_connections: 350, ram_mib: 2526 });
+        assert_eq!(cp.mariadb, Mariadb { innodb_buffer_pool_mib: 1920, max_connections: 410, ram_mib: 2586 });
         assert_eq!(cp.rabbitmq, Rabbitmq { memory_high_watermark_mib: 960, ram_mib: 1440 });
         assert_eq!(cp.memcached, Memcached { memory_mib: 448, ram_mib: 480 });
-        assert_eq!(cp.services_ram_mib, 6800);
+        assert_eq!(cp.services_ram_mib, 8320);
         assert_eq!(cp.kaas_ram_mib, 2048);
-        assert_eq!(cp.ram_mib, 13_294);
+        assert_eq!(cp.ram_mib, 14_874);
         assert!(cp.ram_mib <= 16 * 1024, "the control plane fits in 16 GiB");
         assert_eq!(cp.cpus, 4);
         let n = p.nova.unwrap();
-        assert_eq!(n.reserved_host_memory_mb, 19_950);
+        assert_eq!(n.reserved_host_memory_mb, 21_530);
         assert_eq!(n.guest_overhead_mib, 3584);
-        assert_eq!(n.instance_ram_mib, 108_854);
+        assert_eq!(n.instance_ram_mib, 107_274);
         assert_eq!(n.reserved_host_cpus, 6);
         assert_eq!((n.cpu_allocation_ratio, n.ram_allocation_ratio, n.disk_allocation_ratio), (4.0, 1.0, 1.0));
         assert_eq!(n.instance_vcpus, 104);
@@ -759,7 +791,7 @@ mod tests {
         assert_eq!(s.vg_gib, 1782);
         assert_eq!(
             s.volumes,
-            Some(Volumes { mariadb_gib: 16, glance_gib: 325, nova_instances_gib: 650, cinder_gib: 651, kaas_gib: 50 })
+            Some(Volumes { mariadb_gib: 16, glance_gib: 325, nova_instances_gib: 650, cinder_gib: 489, swift_gib: 162, kaas_gib: 50 })
         );
         assert_eq!(s.vg_unallocated_gib, 90);
         assert_eq!(n.instance_disk_gib, 650);
@@ -776,18 +808,18 @@ mod tests {
         let cp = p.control_plane.unwrap();
         let w = cp.workers;
         assert_eq!(
-            [w.keystone, w.glance, w.nova_api, w.nova_metadata, w.nova_conductor, w.nova_scheduler, w.placement, w.neutron_server, w.cinder_api, w.horizon],
-            [1; 10]
+            [w.keystone, w.glance, w.nova_api, w.nova_metadata, w.nova_conductor, w.nova_scheduler, w.placement, w.neutron_server, w.cinder_api, w.horizon, w.octavia_api, w.barbican_api, w.swift_proxy, w.swift_storage],
+            [1; 14]
         );
-        assert_eq!(cp.mariadb, Mariadb { innodb_buffer_pool_mib: 256, max_connections: 160, ram_mib: 672 });
+        assert_eq!(cp.mariadb, Mariadb { innodb_buffer_pool_mib: 256, max_connections: 200, ram_mib: 712 });
         assert_eq!(cp.rabbitmq, Rabbitmq { memory_high_watermark_mib: 256, ram_mib: 384 });
         assert_eq!(cp.memcached, Memcached { memory_mib: 64, ram_mib: 96 });
-        assert_eq!(cp.services_ram_mib, 3400);
-        assert_eq!(cp.ram_mib, 5576);
+        assert_eq!(cp.services_ram_mib, 4310);
+        assert_eq!(cp.ram_mib, 6526);
         assert_eq!(cp.cpus, 1);
         let n = p.nova.unwrap();
-        assert_eq!(n.reserved_host_memory_mb, 7112);
-        assert_eq!(n.instance_ram_mib, 4846);
+        assert_eq!(n.reserved_host_memory_mb, 8062);
+        assert_eq!(n.instance_ram_mib, 3896);
         assert_eq!(n.reserved_host_cpus, 2);
         assert_eq!((n.cpu_allocation_ratio, n.ram_allocation_ratio, n.disk_allocation_ratio), (1.0, 1.0, 2.0));
         assert_eq!(n.instance_vcpus, 2);
@@ -795,7 +827,7 @@ mod tests {
         assert_eq!((s.disk.as_str(), s.vg_gib), ("vda", 93));
         assert_eq!(
             s.volumes,
-            Some(Volumes { mariadb_gib: 4, glance_gib: 15, nova_instances_gib: 30, cinder_gib: 31, kaas_gib: 8 })
+            Some(Volumes { mariadb_gib: 4, glance_gib: 15, nova_instances_gib: 30, cinder_gib: 24, swift_gib: 7, kaas_gib: 8 })
         );
         assert_eq!(n.instance_disk_gib, 60);
     }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Where the registry listens (overlays/registry/etc/docker/registry/config.yml).
-pub const ADDR: &str = "127.0.0.1:5000";
+pub const ADDR: &str = "127.0.0.1:5050";
 pub const UNIT: &str = "docker-registry.service";
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
@@ -129,7 +129,7 @@ mod tests {
     #[test]
     fn repositories_drop_the_tag_only() {
         assert_eq!(repository("registry.k8s.io/pause:3.10"), "registry.k8s.io/pause");
-        assert_eq!(repository("127.0.0.1:5000/x/y"), "127.0.0.1:5000/x/y");
+        assert_eq!(repository("127.0.0.1:5050/x/y"), "127.0.0.1:5050/x/y");
     }
 
     #[test]

@@ -158,6 +158,9 @@ pub fn html_escape(s: &str) -> String {
     out
 }
 
+/// The status page's port (`serve-status --port`), on every address.
+pub const DEFAULT_PORT: u16 = 8080;
+
 const PAGE_HEAD: &str = r#"<!DOCTYPE html>
 <html lang="en">
 <head>

@@ -90,6 +90,9 @@ pub fn all() -> Vec<Box<dyn Step<Ctx>>> {
         Box::new(crate::cloud::network_steps::NeutronStep),
         Box::new(crate::cloud::volume_steps::CinderStep),
         Box::new(crate::cloud::dashboard_steps::HorizonStep),
+        Box::new(crate::cloud::object_store_steps::SwiftStep),
+        Box::new(crate::cloud::load_balancer_steps::OctaviaStep),
+        Box::new(crate::cloud::key_manager_steps::BarbicanStep),
         Box::new(crate::cloud::service_steps::FrontendStep),
         Box::new(crate::cloud::service_steps::ApisStep),
         Box::new(crate::cloud::network_steps::ExternalNetworkStep),
@@ -221,6 +224,8 @@ pub fn secret_names(profile: Profile) -> Vec<&'static str> {
             "mariadb-root", "rabbitmq-openstack", "keystone-admin", "keystone-db", "glance-db", "glance-service",
             "placement-db", "placement-service", "nova-db", "nova-service", "neutron-db", "neutron-service",
             "neutron-metadata", "cinder-db", "cinder-service", "horizon-secret-key", "demo-password",
+            "octavia-db", "octavia-service", "barbican-db", "barbican-service", "barbican-kek",
+            "swift-service", "swift-hash-prefix", "swift-hash-suffix",
         ]);
     }
     names
@@ -258,6 +263,7 @@ pub fn volumes(plan: &Plan) -> Vec<Volume> {
         out.push(v("glance", c.glance_gib, Some("/var/lib/glance/images")));
         out.push(v("nova", c.nova_instances_gib, Some("/var/lib/nova/instances")));
         out.push(v("kaas", c.kaas_gib, Some("/var/lib/ciab/kaas")));
+        out.push(v("swift", c.swift_gib, Some(crate::cloud::swift::DEVICE_PATH)));
         // cinder_gib stays free in the VG: Cinder's LVM driver creates its
         // volumes there when the IaaS layer is configured.
     }
@@ -520,6 +526,13 @@ impl Step<Ctx> for ReadyStep {
         if let Some((used, total)) = memory_in_use(&std::fs::read_to_string(ctx.root.join("proc/meminfo")).unwrap_or_default()) {
             println!("ciab-firstboot: summary: memory in use {used} MiB of {total} MiB (MemTotal − MemAvailable)");
         }
+        if ctx.plan()?.profile.has_cloud() {
+            let by_service = crate::cloud::service::memory_mib(&crate::cloud::cloud_units());
+            if !by_service.is_empty() {
+                let list: Vec<String> = by_service.iter().map(|(u, m)| format!("{u} {m}")).collect();
+                println!("ciab-firstboot: summary: memory by service (MiB, systemd's accounting): {}", list.join(", "));
+            }
+        }
         println!("ciab-firstboot: summary: per-box secrets in {} (root only)", ctx.state_dir.join("secrets").display());
         crate::atomic::write_atomic(&ctx.state_dir.join(DONE_STAMP), b"")
     }
@@ -551,7 +564,7 @@ mod tests {
                 assert!(at < i, "{} depends on {d}, which is not earlier", s.name());
             }
         }
-        assert_eq!(names, ["discover", "site-config", "plan", "secrets", "storage", "network", "system", "registry", "pki", "database", "messaging", "ovn", "keystone", "identity", "glance", "placement", "nova", "neutron", "cinder", "horizon", "frontend", "apis", "external-network", "flavors", "volume-types", "security-groups", "guest-images", "ready"]);
+        assert_eq!(names, ["discover", "site-config", "plan", "secrets", "storage", "network", "system", "registry", "pki", "database", "messaging", "ovn", "keystone", "identity", "glance", "placement", "nova", "neutron", "cinder", "horizon", "swift", "octavia", "barbican", "frontend", "apis", "external-network", "flavors", "volume-types", "security-groups", "guest-images", "ready"]);
     }
 
     #[test]

@@ -110,6 +110,39 @@ pub fn eval() -> Result<PathBuf> {
     built_once(&EVAL, "eval")
 }
 
+/// The name scs-0104 reserves for the mandatory image, and where it must come from.
+pub const UBUNTU: &str = "Ubuntu 24.04";
+pub const UBUNTU_SOURCE: &str = "https://cloud-images.ubuntu.com/releases/noble/release-20240423/ubuntu-24.04-server-cloudimg-amd64.img";
+
+/// `images/eval.toml` plus a stand-in for "Ubuntu 24.04" (an empty 1 GiB
+/// qcow2 the spec marks as a stand-in: the real image cannot be downloaded
+/// where the tests run), so first boot's registration of a downloaded,
+/// reserved-name image is tested; built once per test binary.
+pub fn eval_with_stand_in() -> Result<PathBuf> {
+    static EVALSTANDIN: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(p) = EVALSTANDIN.get() {
+        return Ok(p.clone());
+    }
+    let dir = work_dir().join("evalstandin");
+    std::fs::create_dir_all(&dir)?;
+    let stand_in = dir.join("noble-stand-in.qcow2");
+    if !stand_in.exists() {
+        ciab_builder::exec::Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&stand_in).arg("1G").run()?;
+    }
+    let sha256 = ciab_builder::fsutil::sha256_file(&stand_in)?;
+    let spec = dir.join("evalstandin.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "include = [{eval:?}]\n[image]\nname = \"evalstandin\"\n\n[[guest_images]]\nname = \"{UBUNTU}\"\nurl = \"noble-stand-in.qcow2\"\nsha256 = \"{sha256}\"\ndisk_format = \"qcow2\"\nstand_in = \"an empty disk: the tests run without the internet\"\n[guest_images.properties]\nimage_source = \"{UBUNTU_SOURCE}\"\nos_distro = \"ubuntu\"\nos_version = \"24.04\"\nimage_original_user = \"ubuntu\"\nimage_build_date = \"2024-04-23\"\nreplace_frequency = \"quarterly\"\n",
+            eval = repo_root().join("images/eval.toml").display().to_string()
+        ),
+    )?;
+    let result = build_with(&options(&spec, &work_dir().join("out"), &ciab_builder::cache::default_root())?)?;
+    let _ = EVALSTANDIN.set(result.out_dir.clone());
+    Ok(result.out_dir)
+}
+
 /// The tiny image with an installer ISO (`formats = ["raw", "iso"]`), the
 /// `box` image's delivery on the tiny base, built once per test binary.
 pub fn tiny_installer() -> Result<PathBuf> {

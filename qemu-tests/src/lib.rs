@@ -6,3 +6,4 @@ pub mod guest_disk;
 pub mod harness;
 pub mod images;
 pub mod oci_fixtures;
+pub mod scs;

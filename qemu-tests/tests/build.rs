@@ -256,3 +256,60 @@ fn interrupted_build_leaves_nothing_behind() {
     assert!(!mounts.contains(&*dir.to_string_lossy()), "mounts left behind:\n{mounts}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An upstream guest image the spec lists ("Ubuntu 24.04", scs-0104's
+/// mandatory image) is fetched like an artifact: where it cannot be
+/// fetched the build fails, naming the image, its entry and the URL, and
+/// leaves no output. A stand-in file the spec marks goes into the bundle
+/// under that name, with scs-0102's properties and the mark.
+#[test]
+fn upstream_guest_images_are_fetched_or_fail_the_build() {
+    let dir = images::work_dir().join("upstream-guest");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    let stand_in = dir.join("images/noble-stand-in.qcow2");
+    ciab_builder::exec::Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&stand_in).arg("2G").run().unwrap();
+    let pin = sha(&stand_in);
+    let tiny = images::repo_root().join("images/tiny.toml");
+    let spec = |name: &str, url: &str, pin: &str, mark: &str| {
+        let path = dir.join(format!("images/{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "include = [{tiny:?}]\n[image]\nname = \"{name}\"\n\n[[guest_images]]\nname = \"Ubuntu 24.04\"\nurl = \"{url}\"\nsha256 = \"{pin}\"\ndisk_format = \"qcow2\"\n{mark}\n[guest_images.properties]\nimage_source = \"https://cloud-images.ubuntu.com/releases/noble/release-20240423/ubuntu-24.04-server-cloudimg-amd64.img\"\nos_distro = \"ubuntu\"\nos_version = \"24.04\"\nimage_original_user = \"ubuntu\"\nimage_build_date = \"2024-04-23\"\nreplace_frequency = \"quarterly\"\n",
+                tiny = tiny.display().to_string()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let out = dir.join("out");
+
+    // Nothing listens on the port and the blob cache lacks the pin (the
+    // hash of bytes made up for this run; a cached pin needs no fetch): the
+    // build fails, saying what is missing.
+    let port = ciab_qemu_tests::harness::free_port().unwrap();
+    let absent = ciab_builder::oci::digest::Digest::of(format!("never stored {:?}", std::time::SystemTime::now()).as_bytes()).hex().to_owned();
+    let unreachable = spec("upstreamfail", &format!("http://127.0.0.1:{port}/noble.img"), &absent, "");
+    let err = format!("{:#}", images::build_with(&images::options(&unreachable, &out, &ciab_builder::cache::default_root()).unwrap()).unwrap_err());
+    assert!(err.contains("guest image \"Ubuntu 24.04\"") && err.contains("guest_images[0]") && err.contains(&format!("cannot fetch http://127.0.0.1:{port}/noble.img")), "{err}");
+    assert!(!out.join("upstreamfail").exists(), "no output may be left behind");
+
+    // The stand-in, marked as one.
+    let marked = spec("upstreamstandin", "noble-stand-in.qcow2", &pin, "stand_in = \"the test machine has no internet\"");
+    let result = images::build_with(&images::options(&marked, &out, &ciab_builder::cache::default_root()).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(result.out_dir.join("manifest.json")).unwrap()).unwrap();
+    let guests = manifest["bundle"]["guest_images"].as_array().unwrap_or_else(|| panic!("{manifest:#}"));
+    let [g] = guests.as_slice() else { panic!("{guests:#?}") };
+    assert_eq!((g["name"].as_str(), g["file"].as_str(), g["disk_format"].as_str()), (Some("Ubuntu 24.04"), Some("guest-images/Ubuntu-24.04.qcow2"), Some("qcow2")), "{g:#}");
+    assert_eq!((g["sha256"].as_str(), g["min_disk_gib"].as_u64()), (Some(pin.as_str()), Some(2)), "min_disk is the qcow2's virtual size: {g:#}");
+    let p = &g["properties"];
+    assert_eq!(p["ciab_stand_in"], "the test machine has no internet", "{g:#}");
+    assert!(p["image_description"].as_str().unwrap().starts_with("STAND-IN"), "{g:#}");
+    // As Glance will show it: scs-0102's rules hold.
+    let mut glance = serde_json::json!({"name": g["name"], "size": g["size"], "min_disk": g["min_disk_gib"], "min_ram": g["min_ram_mib"], "created_at": "2026-12-02T00:00:00Z"});
+    for (k, v) in p.as_object().unwrap() {
+        glance[k] = v.clone();
+    }
+    assert_eq!(ciab_qemu_tests::scs::image_errors(&glance), Vec::<String>::new(), "{glance:#}");
+}

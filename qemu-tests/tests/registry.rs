@@ -283,7 +283,7 @@ const GUEST_CHECK: &str = r#"#!/bin/sh
 say() { echo "ciab-registry-check: $*"; }
 ACCEPT="application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"
 n=0
-until curl -fsS -o /dev/null http://127.0.0.1:5000/v2/; do
+until curl -fsS -o /dev/null http://127.0.0.1:5050/v2/; do
     n=$((n + 1))
     if [ "$n" -ge 1800 ]; then
         say "FAIL: the registry did not answer within 180 s: $(systemctl is-active docker-registry)"
@@ -292,7 +292,7 @@ until curl -fsS -o /dev/null http://127.0.0.1:5000/v2/; do
     sleep 0.1
 done
 say "registry-ready uptime=$(cut -d' ' -f1 /proc/uptime)"
-say "api-manifest sha256:$(curl -fsS -H "Accept: $ACCEPT" http://127.0.0.1:5000/v2/@MULTI_REPO@/manifests/@MULTI_DIGEST@ | sha256sum | cut -d' ' -f1)"
+say "api-manifest sha256:$(curl -fsS -H "Accept: $ACCEPT" http://127.0.0.1:5050/v2/@MULTI_REPO@/manifests/@MULTI_DIGEST@ | sha256sum | cut -d' ' -f1)"
 # Plain `ctr image pull`, as an operator types it: the registry overlay's
 # ctr wrapper adds the mirrors' hosts dir.
 for ref in @BUSYBOX_REF@ @MULTI_REPO@@@MULTI_DIGEST@; do
@@ -435,7 +435,7 @@ source = "{}/ciab-test/multi:2.0"
     assert!(ready_line.is_ok(), "first boot did not finish: {fb:?}\n{:#}", ready_line.unwrap_err());
     // Either the step found both images served (`already done`) or it waited for them.
     assert!(
-        fb.iter().any(|l| l.contains("] registry") && l.contains("done")) || fb.iter().any(|l| l.contains("2 image(s) served on http://127.0.0.1:5000")),
+        fb.iter().any(|l| l.contains("] registry") && l.contains("done")) || fb.iter().any(|l| l.contains("2 image(s) served on http://127.0.0.1:5050")),
         "{fb:?}"
     );
     let ready: f64 = field(&find("registry-ready"), "uptime").and_then(|v| v.parse().ok()).expect("uptime");
@@ -481,7 +481,7 @@ fn ciab_lock_pins_images_and_artifacts_in_the_spec_file() {
     let resolved = ciab_builder::spec::Spec::load(&spec).unwrap();
     assert_eq!(resolved.images[0].digest.as_deref(), Some(busybox.digest.as_str()));
     assert_eq!(resolved.artifacts[0].sha256.as_deref(), Some(Digest::of(b"not really k3s\n").hex()));
-    ciab_builder::fetch::check_pinned(&resolved.images, &resolved.artifacts).expect("pinned");
+    ciab_builder::fetch::check_pinned(&resolved).expect("pinned");
     // Nothing left to pin: the file is not rewritten.
     assert!(lock().contains("already pinned"));
     assert_eq!(std::fs::read_to_string(&spec).unwrap(), locked);

@@ -269,10 +269,12 @@ fn progress_bar(total: u64, prefix: &str) -> ProgressBar {
     bar
 }
 
-/// Refuses a spec with unpinned entries before any work starts.
-pub fn check_pinned(images: &[ImageSpec], artifacts: &[ArtifactSpec]) -> Result<()> {
-    let mut unpinned: Vec<String> = images.iter().filter(|i| i.digest.is_none()).map(|i| format!("image {} ({})", i.reference, i.origin.file.display())).collect();
-    unpinned.extend(artifacts.iter().filter(|a| a.sha256.is_none()).map(|a| format!("artifact {} ({})", a.dest, a.origin.file.display())));
+/// Refuses a spec with unpinned entries (images, artifacts, downloaded
+/// guest images) before any work starts.
+pub fn check_pinned(spec: &crate::spec::Spec) -> Result<()> {
+    let mut unpinned: Vec<String> = spec.images.iter().filter(|i| i.digest.is_none()).map(|i| format!("image {} ({})", i.reference, i.origin.file.display())).collect();
+    let downloads: Vec<ArtifactSpec> = spec.guest_images.iter().filter_map(|g| g.download_artifact()).collect();
+    unpinned.extend(spec.artifacts.iter().chain(&downloads).filter(|a| a.sha256.is_none()).map(|a| format!("artifact {} ({})", a.dest, a.origin.file.display())));
     if !unpinned.is_empty() {
         bail!("not pinned, so the build would not be reproducible: {}. Run `ciab lock <spec>` to record their digests", unpinned.join("; "));
     }

@@ -3,8 +3,9 @@
 //! - `registry/docker/registry/v2/…`: the offline registry's store, in Docker
 //!   Distribution's layout, served on the box by `docker-registry`;
 //! - every artifact at its `dest`;
-//! - `guest-images/<name>.raw`: the disk images the builder makes for Glance
-//!   (`stages::guest`), from the rootfs's kernel and busybox;
+//! - `guest-images/<name>.<format>`: the disk images first boot registers in
+//!   Glance: made by the builder (`stages::guest`, from the rootfs's kernel
+//!   and busybox) or downloaded like artifacts (upstream cloud images);
 //! - `bundle.json`: the index (image reference → digest, artifact → sha256).
 //!
 //! The stage key holds only pinned identities (digests, sha256s), so a
@@ -16,7 +17,7 @@ use crate::cache::KeyBuilder;
 use crate::fetch::Fetcher;
 use crate::oci::distribution;
 use crate::progress::Outcome;
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use crate::spec::{GuestBuild, GuestImageSpec};
 use crate::stages::rootfs::Rootfs;
 use ciab_firstboot::contract::{BundleArtifact, BundleGuestImage, BundleImage, BundleIndex, BUNDLE_INDEX_FILE};
@@ -111,63 +112,134 @@ fn add_guest_images(ctx: &Context, rootfs: &Rootfs, tree: &Path, work: &Path) ->
     let mut index: BundleIndex = serde_json::from_slice(&std::fs::read(&index_path)?)?;
     std::fs::create_dir_all(tree.join(GUEST_IMAGES_DIR))?;
     for g in &ctx.spec.guest_images {
-        let file = format!("{GUEST_IMAGES_DIR}/{}.raw", g.name);
+        let file = format!("{GUEST_IMAGES_DIR}/{}", g.file_name());
         let out = tree.join(&file);
-        match g.build {
-            GuestBuild::Tiny => super::guest::build(&super::guest::GuestInput {
-                tree: &rootfs.tree,
-                kernel: &rootfs.kernel,
-                name: &g.name,
-                epoch: ctx.epoch(),
-                work: &work.join(&g.name),
-                out: &out,
-            })
-            .with_context(|| format!("building guest image {}", g.name))?,
-        }
+        let (disk_format, disk_bytes) = match (g.build, g.download_artifact()) {
+            (Some(GuestBuild::Tiny), _) => {
+                let stem = g.name.replace(' ', "-");
+                super::guest::build(&super::guest::GuestInput {
+                    tree: &rootfs.tree,
+                    kernel: &rootfs.kernel,
+                    name: &stem,
+                    epoch: ctx.epoch(),
+                    work: &work.join(&stem),
+                    out: &out,
+                })
+                .with_context(|| format!("building guest image {}", g.name))?;
+                ("raw".to_owned(), std::fs::metadata(&out)?.len())
+            }
+            (None, Some(artifact)) => {
+                let download = g.download.as_ref().context("a download")?;
+                fetch_guest_image(ctx, g, &artifact, &out)?;
+                let bytes = if download.disk_format == "qcow2" { qcow2_virtual_size(&out).with_context(|| format!("guest image {:?} ({})", g.name, download.url))? } else { std::fs::metadata(&out)?.len() };
+                (download.disk_format.clone(), bytes)
+            }
+            _ => bail!("guest image {:?} is neither built nor downloaded", g.name),
+        };
         let size = std::fs::metadata(&out)?.len();
         index.guest_images.push(BundleGuestImage {
             name: g.name.clone(),
             file,
             sha256: crate::fsutil::sha256_file(&out)?,
             size,
-            disk_format: "raw".into(),
-            min_disk_gib: size.div_ceil(1 << 30),
-            min_ram_mib: 128,
+            disk_format,
+            // The disk the image needs: its virtual size, whole GiB.
+            min_disk_gib: disk_bytes.div_ceil(1 << 30),
+            min_ram_mib: g.min_ram_mib.unwrap_or(if g.build.is_some() { 128 } else { 512 }),
             properties: guest_properties(ctx, g, &rootfs.kernel),
         });
     }
-    std::fs::remove_dir_all(work).with_context(|| format!("removing {}", work.display()))?;
+    // Only built images use the scratch space.
+    if work.exists() {
+        std::fs::remove_dir_all(work).with_context(|| format!("removing {}", work.display()))?;
+    }
     std::fs::write(&index_path, serde_json::to_vec_pretty(&index)?)?;
     crate::tree::clamp_mtimes(tree, ctx.epoch())
 }
 
-/// Glance properties of a builder-made image, in the vocabulary of SCS
-/// standard scs-0102 (image metadata): it is private (made here, not an
-/// upstream image), built from the image's own packages at the build's date.
+/// Brings a downloaded guest image into the bundle from the blob cache,
+/// fetching it first if the cache lacks it. A failed fetch fails the build,
+/// naming the image, its spec entry and what to do: a spec that lists an
+/// image promises it on every box.
+fn fetch_guest_image(ctx: &Context, g: &GuestImageSpec, artifact: &crate::spec::ArtifactSpec, out: &Path) -> Result<()> {
+    let fetcher = Fetcher::new(ctx.cache.root(), &ctx.fetch)?;
+    let fetched = fetcher.artifacts(std::slice::from_ref(artifact)).with_context(|| {
+        format!(
+            "guest image {:?} ({} guest_images[{}]): cannot fetch {}. The image needs it: build where that URL is reachable (the blob cache then keeps it for offline rebuilds), or remove the entry",
+            g.name,
+            g.origin.file.display(),
+            g.origin.index,
+            artifact.url
+        )
+    })?;
+    let (digest, _) = fetched.into_iter().next().context("one fetched file")?;
+    let from = fetcher.store().path(&digest);
+    if std::fs::hard_link(&from, out).is_err() {
+        std::fs::copy(&from, out).with_context(|| format!("copying guest image {:?} into the bundle", g.name))?;
+    }
+    Ok(())
+}
+
+/// A qcow2 file's virtual disk size (its header's `size` field).
+fn qcow2_virtual_size(path: &Path) -> Result<u64> {
+    use std::io::Read as _;
+    let mut header = [0u8; 32];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .with_context(|| format!("reading the header of {}", path.display()))?;
+    if &header[..4] != b"QFI\xfb" {
+        bail!("{} is not a qcow2 image, but the spec says disk_format = \"qcow2\"", path.display());
+    }
+    Ok(u64::from_be_bytes(header[24..32].try_into()?))
+}
+
+/// Glance properties of a guest image, in the vocabulary of SCS standard
+/// scs-0102 (image metadata), under the spec's own. A builder-made image is
+/// private (made here, not an upstream image), built from the image's own
+/// packages at the build's date; a downloaded one comes from its URL.
 fn guest_properties(ctx: &Context, g: &GuestImageSpec, kernel: &str) -> BTreeMap<String, String> {
-    let date = build_date(ctx.epoch());
-    let description = match g.build {
-        GuestBuild::Tiny => format!("ciab's tiny test guest: Debian kernel {kernel} and busybox; takes an address by DHCP, serves a page on port 80, prints \"{}\" lines on its console", super::guest::MARKER),
-    };
-    [
-        ("architecture", "x86_64".to_owned()),
-        ("hw_disk_bus", "virtio".to_owned()),
-        ("hw_rng_model", "virtio".to_owned()),
-        ("hw_vif_model", "virtio".to_owned()),
-        ("os_distro", "linux".to_owned()),
-        ("os_version", kernel.to_owned()),
-        ("os_purpose", "minimal".to_owned()),
-        ("image_source", "private".to_owned()),
-        ("image_description", description),
-        ("image_build_date", date),
-        ("image_original_user", "none".to_owned()),
-        ("replace_frequency", "never".to_owned()),
-        ("uuid_validity", "none".to_owned()),
-        ("provided_until", "none".to_owned()),
+    let mut p: BTreeMap<String, String> = [
+        ("architecture", "x86_64"),
+        ("hw_disk_bus", "virtio"),
+        ("hw_rng_model", "virtio"),
+        ("hw_vif_model", "virtio"),
+        ("uuid_validity", "none"),
+        ("provided_until", "none"),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let mut set = |k: &str, v: String| {
+        p.insert(k.to_owned(), v);
+    };
+    match (g.build, &g.download) {
+        (Some(GuestBuild::Tiny), _) => {
+            set("os_distro", "linux".into());
+            set("os_version", kernel.into());
+            set("os_purpose", "minimal".into());
+            set("image_source", "private".into());
+            set("image_description", format!("ciab's tiny test guest: Debian kernel {kernel} and busybox; takes an address by DHCP, serves a page on port 80, prints \"{}\" lines on its console", super::guest::MARKER));
+            set("image_build_date", build_date(ctx.epoch()));
+            set("image_original_user", "none".into());
+            set("replace_frequency", "never".into());
+        }
+        (None, Some(d)) => {
+            let upstream = d.url.starts_with("https://") || d.url.starts_with("http://");
+            set("os_purpose", "generic".into());
+            set("image_source", if upstream { d.url.clone() } else { "private".into() });
+            let mut description = format!("{}, as published at its image_source", g.name);
+            if let Some(why) = &d.stand_in {
+                description = format!("STAND-IN, not the real image ({why}): a test file registered in place of {}", g.name);
+                set("ciab_stand_in", why.clone());
+            }
+            set("image_description", description);
+        }
+        _ => {}
+    }
+    for (k, v) in &g.properties {
+        p.insert(k.clone(), v.clone());
+    }
+    p
 }
 
 /// `YYYY-MM-DD` of a Unix time (UTC), for `image_build_date`.
@@ -177,6 +249,18 @@ fn build_date(epoch: i64) -> String {
 
 #[cfg(test)]
 mod guest_tests {
+    #[test]
+    fn qcow2_virtual_size_is_read_from_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("x.qcow2");
+        crate::exec::Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&q).arg("3G").run().unwrap();
+        assert_eq!(super::qcow2_virtual_size(&q).unwrap(), 3 << 30);
+        let raw = dir.path().join("x.raw");
+        std::fs::write(&raw, vec![0u8; 4096]).unwrap();
+        let err = format!("{:#}", super::qcow2_virtual_size(&raw).unwrap_err());
+        assert!(err.contains("is not a qcow2 image"), "{err}");
+    }
+
     #[test]
     fn build_dates_are_civil_dates() {
         assert_eq!(super::build_date(0), "1970-01-01");

@@ -12,7 +12,9 @@ pub struct Api {
     pub name: &'static str,
     /// The catalog's service type (`image`).
     pub kind: &'static str,
-    /// Path prefix on the front end, and in the public URL (`image`).
+    /// Path prefix on the front end, and in the public URL (`image`);
+    /// empty for the one API at the root (object storage, whose S3 clients
+    /// take the endpoint's `scheme://host:port` and nothing else).
     pub prefix: &'static str,
     /// `host:port` on loopback, which is also the internal endpoint.
     pub bind: &'static str,
@@ -38,6 +40,15 @@ impl Api {
     /// The API's root through the front end.
     pub fn public_url(&self, endpoints: &Endpoints) -> String {
         endpoints.public(self.prefix)
+    }
+
+    /// `path` (starting with `/`) of this API as the front end serves it.
+    pub fn front_path(&self, path: &str) -> String {
+        if self.prefix.is_empty() {
+            path.to_owned()
+        } else {
+            format!("/{}{path}", self.prefix)
+        }
     }
 
     /// The catalog's public and internal URLs.
@@ -120,8 +131,53 @@ pub const BLOCK_STORAGE: Api = Api {
     catalog_suffix: "/v3/%(project_id)s",
 };
 
+/// Swift's proxy, at the root of the front end: Swift's API under `/v1`,
+/// S3 (its s3api middleware) at `/`, as scs-0123's check expects of the
+/// object-store endpoint's host and port.
+pub const OBJECT_STORE: Api = Api {
+    name: "swift",
+    kind: "object-store",
+    prefix: "",
+    // Not Swift's usual 8080: the status page has it on every address.
+    bind: "127.0.0.1:8888",
+    unit: "swift-proxy",
+    probe: "/healthcheck",
+    description: "OpenStack Object Storage, with S3 at the root",
+    service_secret: Some("swift-service"),
+    catalog_suffix: "/v1/AUTH_%(project_id)s",
+};
+
+pub const LOAD_BALANCER: Api = Api {
+    name: "octavia",
+    kind: "load-balancer",
+    prefix: "load-balancer",
+    bind: "127.0.0.1:9876",
+    unit: "octavia-api",
+    probe: "/",
+    description: "OpenStack Load Balancing (OVN provider)",
+    service_secret: Some("octavia-service"),
+    catalog_suffix: "",
+};
+
+pub const KEY_MANAGER: Api = Api {
+    name: "barbican",
+    kind: "key-manager",
+    prefix: "key-manager",
+    bind: "127.0.0.1:9311",
+    unit: "barbican-api",
+    probe: "/",
+    description: "OpenStack Key Manager",
+    service_secret: Some("barbican-service"),
+    catalog_suffix: "",
+};
+
+/// The S3 API's own catalog entry: scs-0123 v2 names the type
+/// `object-store-s3`; its URL is the proxy's root, the same host and port as
+/// Swift's (`kind`, `name`, description).
+pub const S3: (&str, &str, &str) = ("object-store-s3", "swift-s3", "S3 API of the object storage (Swift's s3api; EC2 credentials from Keystone)");
+
 /// Every API the box serves, in the order they are brought up.
-pub const APIS: &[Api] = &[KEYSTONE, GLANCE, PLACEMENT, COMPUTE, NETWORK, BLOCK_STORAGE];
+pub const APIS: &[Api] = &[KEYSTONE, GLANCE, PLACEMENT, COMPUTE, NETWORK, BLOCK_STORAGE, OBJECT_STORE, LOAD_BALANCER, KEY_MANAGER];
 
 #[cfg(test)]
 mod tests {
@@ -133,17 +189,31 @@ mod tests {
             for b in &APIS[i + 1..] {
                 assert_ne!(a.name, b.name);
                 assert_ne!(a.prefix, b.prefix);
+                assert_ne!(a.unit, b.unit);
                 assert_ne!(a.bind, b.bind);
             }
             assert!(a.bind.starts_with("127.0.0.1:"), "{} listens on loopback only", a.name);
             assert!(a.probe.starts_with('/'));
         }
         assert_eq!(KEYSTONE.bind, super::super::keystone::BIND);
+        // Nothing else on the box may hold an API's port: the status page
+        // (every address) and the offline registry (loopback). A clash
+        // makes the API fail to start while the other answers its probe.
+        let taken = [crate::status::DEFAULT_PORT, crate::registry::ADDR.rsplit(':').next().unwrap().parse().unwrap(), super::super::horizon::BIND.rsplit(':').next().unwrap().parse().unwrap()];
+        for a in APIS {
+            let port: u16 = a.bind.rsplit(':').next().unwrap().parse().unwrap();
+            assert!(!taken.contains(&port), "{} on {} clashes with another service of the box", a.name, a.bind);
+        }
         let e = Endpoints { host: "box".into(), port: 443 };
         assert_eq!(GLANCE.public_url(&e), "https://box/image");
         assert_eq!(GLANCE.internal_url(), "http://127.0.0.1:9292");
         let [public, internal] = COMPUTE.catalog_urls(&e);
         assert_eq!(public, ("public", "https://box/compute/v2.1".to_owned()));
         assert_eq!(internal, ("internal", "http://127.0.0.1:8774/v2.1".to_owned()));
+        // Object storage sits at the root: S3 clients get the bare host.
+        assert_eq!(OBJECT_STORE.public_url(&e), "https://box");
+        assert_eq!(OBJECT_STORE.catalog_urls(&e)[0].1, "https://box/v1/AUTH_%(project_id)s");
+        assert_eq!((OBJECT_STORE.front_path("/healthcheck"), GLANCE.front_path("/versions")), ("/healthcheck".to_owned(), "/image/versions".to_owned()));
+        assert_eq!(APIS.iter().filter(|a| a.prefix.is_empty()).count(), 1, "one API at the root");
     }
 }

@@ -1,10 +1,13 @@
 //! Cinder, the block storage service: volumes are thin LVs in a thin pool
 //! that takes the VG's free space (the plan leaves `cinder_gib` of it),
 //! exported over iSCSI by tgt on the box and attached by nova-compute's
-//! initiator on the same box. The API runs under uwsgi; the scheduler and the
-//! volume service are Debian's units.
+//! initiator on the same box. The API runs under uwsgi; the scheduler, the
+//! volume service and the backup service are Debian's units. Backups go to
+//! object storage (Swift on the box's `swift` volume, a store apart from the
+//! thin pool, as scs-0117 recommends), into the user's own account with the
+//! user's own token: a project's backups are its `volumebackups` container.
 
-use super::catalog::{BLOCK_STORAGE, GLANCE};
+use super::catalog::{BLOCK_STORAGE, GLANCE, OBJECT_STORE};
 use super::ini::Ini;
 use super::{keystone, messaging, Endpoints};
 
@@ -31,6 +34,17 @@ pub struct CinderConf<'a> {
     pub pool: (u32, u32),
 }
 
+/// cinder-backup's drop-in: its Swift driver checks the proxy once at
+/// start-up and, finding nothing, stays "down" for good (seen under TCG,
+/// where Cinder starts minutes before Swift answers; after a power cut
+/// systemd starts both at once). So it starts only once the proxy answers.
+pub fn backup_dropin() -> String {
+    format!(
+        "[Unit]\nWants=swift-proxy.service\nAfter=swift-proxy.service\n\n[Service]\nExecStartPre=/bin/sh -c 'until curl -sf -o /dev/null {}/healthcheck; do sleep 2; done'\nTimeoutStartSec=30min\n",
+        OBJECT_STORE.internal_url()
+    )
+}
+
 pub fn conf(c: &CinderConf) -> Ini {
     let mut ini = Ini::new("Written by ciab-firstboot; rewritten on every run of the cinder step.");
     ini.set("DEFAULT", "host", c.host)
@@ -44,7 +58,11 @@ pub fn conf(c: &CinderConf) -> Ini {
         .set("DEFAULT", "glance_api_servers", GLANCE.internal_url())
         .set("DEFAULT", "public_endpoint", BLOCK_STORAGE.public_url(c.endpoints))
         .set("DEFAULT", "storage_availability_zone", "nova")
-        .set("DEFAULT", "default_availability_zone", "nova");
+        .set("DEFAULT", "default_availability_zone", "nova")
+        .set("DEFAULT", "backup_driver", "cinder.backup.drivers.swift.SwiftBackupDriver")
+        .set("DEFAULT", "backup_swift_auth", "per_user")
+        // The project id is appended: Swift's proxy on loopback.
+        .set("DEFAULT", "backup_swift_url", format!("{}/v1/AUTH_", OBJECT_STORE.internal_url()));
     super::database::oslo_db(&mut ini, "database", &c.db_url, c.pool);
     keystone::authtoken(&mut ini, c.endpoints, BLOCK_STORAGE.name, c.service_password);
     keystone::service_auth(&mut ini, "nova", BLOCK_STORAGE.name, c.service_password);
@@ -92,6 +110,10 @@ mod tests {
         assert_eq!(ini.get("lvm", "target_ip_address"), Some("10.0.2.15"));
         assert_eq!(ini.get("keystone_authtoken", "username"), Some("cinder"));
         assert_eq!(ini.get("nova", "interface"), Some("internal"));
+        assert_eq!(ini.get("DEFAULT", "backup_swift_url"), Some("http://127.0.0.1:8888/v1/AUTH_"));
+        assert_eq!(ini.get("DEFAULT", "backup_swift_auth"), Some("per_user"));
         assert_eq!(thin_pool("ciab"), "ciab-pool");
+        let dropin = backup_dropin();
+        assert!(dropin.contains("After=swift-proxy.service\n") && dropin.contains("curl -sf -o /dev/null http://127.0.0.1:8888/healthcheck"), "{dropin}");
     }
 }

@@ -34,6 +34,8 @@ pub const ACCOUNTS: &[Account] = &[
     Account { user: "nova", secret: "nova-db", databases: &[("nova_api", "nova_api"), ("nova", "nova"), ("nova_cell0", "nova")] },
     Account { user: "neutron", secret: "neutron-db", databases: &[("neutron", "neutron")] },
     Account { user: "cinder", secret: "cinder-db", databases: &[("cinder", "cinder")] },
+    Account { user: "octavia", secret: "octavia-db", databases: &[("octavia", "octavia")] },
+    Account { user: "barbican", secret: "barbican-db", databases: &[("barbican", "barbican")] },
 ];
 
 /// oslo.db's URL for `account` on `database`, over the local socket.
@@ -133,7 +135,7 @@ mod tests {
     #[test]
     fn every_database_has_an_account_and_a_schema() {
         let dbs: Vec<&str> = ACCOUNTS.iter().flat_map(|a| a.databases.iter().map(|(d, _)| *d)).collect();
-        assert_eq!(dbs, ["keystone", "glance", "placement", "nova_api", "nova", "nova_cell0", "neutron", "cinder"]);
+        assert_eq!(dbs, ["keystone", "glance", "placement", "nova_api", "nova", "nova_cell0", "neutron", "cinder", "octavia", "barbican"]);
         // Every secret named here is one the secrets step makes for a cloud profile.
         let names = crate::steps::secret_names(crate::plan::Profile::Eval);
         for a in ACCOUNTS {
@@ -147,7 +149,7 @@ mod tests {
         assert!(sql.contains("CREATE USER IF NOT EXISTS 'nova'@'localhost' IDENTIFIED BY '0000000000000000000000000000000000000000000000000000000000000007';"), "{sql}");
         assert!(sql.contains("ALTER USER 'keystone'@'localhost' IDENTIFIED BY "));
         assert!(sql.contains("GRANT ALL PRIVILEGES ON `nova_cell0`.* TO 'nova'@'localhost';"));
-        assert_eq!(sql.matches("GRANT ").count(), 8);
+        assert_eq!(sql.matches("GRANT ").count(), 10);
         assert!(sql.ends_with("FLUSH PRIVILEGES;\n"));
         let err = accounts_sql(|_| Ok("x'; DROP DATABASE nova; --".into())).unwrap_err();
         assert!(format!("{err:#}").contains("not alphanumeric"));

@@ -1,8 +1,12 @@
 //! The TLS front end: HAProxy on port 443 with the box's server certificate,
 //! routing by path prefix to the APIs on loopback (`/identity` → Keystone),
 //! so one port — and one port forward for a box behind NAT — serves the whole
-//! catalog, and Horizon at `/horizon` (its own path, unchanged; `/` sends
-//! a browser there).
+//! catalog, and Horizon at `/horizon` (its own path, unchanged). What no
+//! prefix claims goes to the API at the root, object storage: Swift under
+//! `/v1`, S3's path-style buckets at `/<bucket>` (so a bucket named like a
+//! prefix — `identity`, `image`, … — is not reachable through S3). A bare
+//! `/` without credentials sends a browser to Horizon; with them it is S3's
+//! bucket list.
 
 use super::catalog::Api;
 use super::horizon;
@@ -19,19 +23,26 @@ pub fn haproxy_cfg(pem: &str, routes: &[Api]) -> String {
 global\n    log /dev/log local0 warning\n    maxconn 4096\n    ssl-default-bind-options ssl-min-ver TLSv1.2\n\n\
 defaults\n    mode http\n    log global\n    option httplog\n    option forwardfor\n    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n\n\
 frontend public\n    bind :::{LISTEN_PORT} v4v6 ssl crt {pem}\n    http-request set-header X-Forwarded-Proto https\n    \
-http-request redirect location {webroot}/ code 302 if {{ path / }}\n    \
+http-request redirect location {webroot}/ code 302 if {{ path / }} !{{ req.hdr(authorization) -m found }} !{{ query -m found }}\n    \
 use_backend dashboard if {{ path {webroot} }} || {{ path_beg {webroot}/ }}\n",
         webroot = horizon::WEBROOT
     );
-    for r in routes {
+    for r in routes.iter().filter(|r| !r.prefix.is_empty()) {
         cfg.push_str(&format!("    use_backend {p} if {{ path /{p} }} || {{ path_beg /{p}/ }}\n", p = r.prefix));
     }
+    if let Some(root) = routes.iter().find(|r| r.prefix.is_empty()) {
+        cfg.push_str(&format!("    default_backend {}\n", root.name));
+    }
     for r in routes {
-        cfg.push_str(&format!(
-            "\nbackend {p}\n    http-request replace-path /{p}/?(.*) /\\1\n    server {p} {b} check inter 10s\n",
-            p = r.prefix,
-            b = r.bind
-        ));
+        if r.prefix.is_empty() {
+            cfg.push_str(&format!("\nbackend {n}\n    server {n} {b} check inter 10s\n", n = r.name, b = r.bind));
+        } else {
+            cfg.push_str(&format!(
+                "\nbackend {p}\n    http-request replace-path /{p}/?(.*) /\\1\n    server {p} {b} check inter 10s\n",
+                p = r.prefix,
+                b = r.bind
+            ));
+        }
     }
     cfg.push_str(&format!("\nbackend dashboard\n    server dashboard {} check inter 10s\n", horizon::BIND));
     cfg
@@ -50,6 +61,10 @@ mod tests {
         assert!(cfg.contains("\nbackend image\n    http-request replace-path /image/?(.*) /\\1\n    server image 127.0.0.1:9292 check inter 10s\n"), "{cfg}");
         assert!(cfg.contains("    use_backend dashboard if { path /horizon } || { path_beg /horizon/ }\n"), "{cfg}");
         assert!(cfg.contains("\nbackend dashboard\n    server dashboard 127.0.0.1:8090 check inter 10s\n"), "Horizon keeps its path: {cfg}");
+        assert!(cfg.contains("    default_backend swift\n"), "object storage takes the rest: {cfg}");
+        assert!(cfg.contains("\nbackend swift\n    server swift 127.0.0.1:8888 check inter 10s\n"), "and keeps its path: {cfg}");
+        assert!(cfg.contains("redirect location /horizon/ code 302 if { path / } !{ req.hdr(authorization) -m found }"), "{cfg}");
+        assert!(!cfg.contains("path_beg //"), "{cfg}");
         assert!(cfg.contains("\nbackend identity\n    http-request replace-path /identity/?(.*) /\\1\n    server identity 127.0.0.1:5000 check inter 10s\n"), "{cfg}");
     }
 

@@ -32,6 +32,12 @@ pub fn create_body(image: &BundleGuestImage) -> Value {
     body
 }
 
+/// `value` percent-encoded for a query string: image names have spaces
+/// ("Ubuntu 24.04").
+fn query_value(value: &str) -> String {
+    value.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
 fn sha256_of(path: &Path) -> Result<String> {
     use sha2::Digest;
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -51,7 +57,7 @@ pub struct GuestImagesStep;
 impl GuestImagesStep {
     /// Registers one image; returns its id.
     fn register(token: &str, bundle: &Path, image: &BundleGuestImage) -> Result<String> {
-        let listed = expect(request(GLANCE.bind, "GET", &format!("/v2/images?name={}", image.name), Some(token), None)?, "listing images", &[200])?;
+        let listed = expect(request(GLANCE.bind, "GET", &format!("/v2/images?name={}", query_value(&image.name)), Some(token), None)?, "listing images", &[200])?;
         for existing in listed.body["images"].as_array().into_iter().flatten() {
             let id = existing["id"].as_str().context("an image without id")?;
             if existing["status"] == "active" && existing["size"].as_u64() == Some(image.size) {
@@ -106,6 +112,13 @@ impl Step<Ctx> for GuestImagesStep {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_with_spaces_are_encoded_in_the_query() {
+        assert_eq!(query_value("Ubuntu 24.04"), "Ubuntu%2024.04");
+        assert_eq!(query_value("ciab-tiny"), "ciab-tiny");
+        assert_eq!(query_value("a&b=c"), "a%26b%3Dc");
+    }
 
     #[test]
     fn images_are_public_with_their_properties() {

@@ -3,6 +3,12 @@
 //! in dependency order (DESIGN.md §6).
 
 pub mod amqp;
+pub mod barbican;
+pub mod key_manager_steps;
+pub mod load_balancer_steps;
+pub mod object_store_steps;
+pub mod octavia;
+pub mod swift;
 pub mod catalog;
 pub mod cinder;
 pub mod glance;
@@ -31,6 +37,19 @@ pub mod defaults_steps;
 pub mod frontend;
 pub mod keystone;
 
+/// Every long-running unit of the cloud, for the memory summary at ready.
+pub fn cloud_units() -> Vec<&'static str> {
+    let mut units: Vec<&str> = catalog::APIS.iter().map(|a| a.unit).collect();
+    units.extend(swift::SERVERS.iter().map(|s| s.0));
+    units.extend(volume_steps::CINDER_DAEMONS);
+    units.extend([
+        octavia::DRIVER_AGENT, "nova-api-metadata", "nova-conductor", "nova-scheduler", "nova-compute", "nova-novncproxy", "libvirtd",
+        "neutron-ovn-metadata-agent", "ovn-northd", "ovn-controller", "ovn-ovsdb-server-nb", "ovn-ovsdb-server-sb", "ovs-vswitchd", "ovsdb-server",
+        horizon::UNIT, "mariadb", "rabbitmq-server", "memcached", "haproxy", "tgt", "iscsid",
+    ]);
+    units
+}
+
 /// The plan of the evaluation VM the e2e test boots (`-m 12G -smp 4`, no KVM).
 #[cfg(test)]
 pub(crate) fn test_plan() -> crate::plan::Plan {
@@ -55,13 +74,15 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// The public URL of the API behind `prefix` (`identity`, `compute`, …).
+    /// The public URL of the API behind `prefix` (`identity`, `compute`,
+    /// …); an empty prefix gives the bare `https://host[:port]`.
     pub fn public(&self, prefix: &str) -> String {
         let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        if self.port == 443 {
-            format!("https://{host}/{prefix}")
+        let root = if self.port == 443 { format!("https://{host}") } else { format!("https://{host}:{}", self.port) };
+        if prefix.is_empty() {
+            root
         } else {
-            format!("https://{host}:{}/{prefix}", self.port)
+            format!("{root}/{prefix}")
         }
     }
 }
@@ -75,5 +96,6 @@ mod tests {
         assert_eq!(Endpoints { host: "10.0.2.15".into(), port: 443 }.public("identity"), "https://10.0.2.15/identity");
         assert_eq!(Endpoints { host: "localhost".into(), port: 15443 }.public("compute"), "https://localhost:15443/compute");
         assert_eq!(Endpoints { host: "fd00::1".into(), port: 443 }.public("identity"), "https://[fd00::1]/identity");
+        assert_eq!(Endpoints { host: "localhost".into(), port: 15443 }.public(""), "https://localhost:15443");
     }
 }

@@ -64,6 +64,28 @@ pub fn start_in_background(units: &[&str]) -> Result<()> {
     systemctl(&args).map(|_| ())
 }
 
+/// What each of `units` holds in memory now (systemd's `MemoryCurrent`,
+/// its cgroup's charge, page cache included), MiB, largest first; units
+/// systemd does not account are left out.
+pub fn memory_mib(units: &[&str]) -> Vec<(String, u64)> {
+    let mut args = vec!["show", "--property=Id,MemoryCurrent"];
+    args.extend_from_slice(units);
+    systemctl(&args).map(|out| parse_memory(&out)).unwrap_or_default()
+}
+
+fn parse_memory(show: &str) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = show
+        .split("\n\n")
+        .filter_map(|block| {
+            let value = |key: &str| block.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('='));
+            let bytes: u64 = value("MemoryCurrent")?.parse().ok()?;
+            Some((value("Id")?.trim_end_matches(".service").to_owned(), bytes >> 20))
+        })
+        .collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}
+
 /// `active`, `activating`, `failed`, `inactive`, …
 pub fn state(unit: &str) -> String {
     systemctl(&["show", "-p", "ActiveState", "--value", unit]).map(|s| s.trim().to_owned()).unwrap_or_default()
@@ -166,6 +188,12 @@ mod tests {
         assert!(super::file_tail(&log, 2).ends_with(":\nb\nc"));
         assert!(super::file_tail(&dir.path().join("none"), 2).starts_with("("));
         assert_eq!(super::requires_mounts_dropin(&["/var/lib/mysql"]), "[Unit]\nRequiresMountsFor=/var/lib/mysql\n");
+    }
+
+    #[test]
+    fn memory_comes_from_systemds_accounting() {
+        let show = "Id=swift-proxy.service\nMemoryCurrent=52428800\n\nMemoryCurrent=[not set]\nId=gone.service\n\nId=mariadb.service\nMemoryCurrent=209715200\n";
+        assert_eq!(super::parse_memory(show), vec![("mariadb".to_owned(), 200), ("swift-proxy".to_owned(), 50)]);
     }
 
     #[test]

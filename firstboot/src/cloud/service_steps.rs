@@ -295,7 +295,7 @@ fn compute_ready(ctx: &Ctx) -> Result<bool> {
 /// `api` through the front end, from the box itself, trusting what the box
 /// trusts (the pki step put the CA into the system bundle curl reads).
 fn local_url(api: &Api) -> String {
-    format!("https://127.0.0.1:{}/{}{}", frontend::LISTEN_PORT, api.prefix, api.probe)
+    format!("https://127.0.0.1:{}{}", frontend::LISTEN_PORT, api.front_path(api.probe))
 }
 
 /// Horizon's login page, directly and through the front end.
@@ -374,7 +374,7 @@ impl Step<Ctx> for ApisStep {
         "wait for every API and the message queue"
     }
     fn depends_on(&self) -> &'static [&'static str] {
-        &["frontend", "messaging", "glance", "placement", "nova", "neutron", "cinder", "horizon"]
+        &["frontend", "messaging", "glance", "placement", "nova", "neutron", "cinder", "horizon", "swift", "octavia", "barbican"]
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         if !has_cloud(ctx)? {
@@ -384,6 +384,7 @@ impl Step<Ctx> for ApisStep {
         // the console what answered and when.
         Ok(stamp(ctx, "apis").exists()
             && catalog::APIS.iter().all(answers)
+            && service::is_active(super::octavia::DRIVER_AGENT)
             && check_broker(&secret(ctx, messaging::RABBIT_SECRET)?).is_ok()
             && compute_ready(ctx).unwrap_or(false)
             && service::http_status(&metadata_url(), None).is_some_and(|c| c < 500)
@@ -404,6 +405,9 @@ impl Step<Ctx> for ApisStep {
         // settings mistake shows as Django's 400 or 500.
         await_ready("Horizon's login page does not answer 200 through the front end (its log: /var/log/horizon/horizon.log)", horizon::UNIT, || Ok(horizon_answers()))?;
         println!("ciab-firstboot: apis: Horizon's login page answers through the front end ({:.0} s)", started.elapsed().as_secs_f64());
+        // Load balancers stay PENDING without the provider's agent.
+        await_ready("octavia-driver-agent is not running", super::octavia::DRIVER_AGENT, || Ok(service::is_active(super::octavia::DRIVER_AGENT)))?;
+        println!("ciab-firstboot: apis: octavia-driver-agent running (OVN provider) ({:.0} s)", started.elapsed().as_secs_f64());
         await_ready("Nova's services are not all up", "nova-compute", || compute_ready(ctx))?;
         println!("ciab-firstboot: apis: nova-conductor, nova-scheduler and nova-compute up, the hypervisor mapped ({:.0} s)", started.elapsed().as_secs_f64());
         service::wait_http(&metadata_url(), None, NOVA_METADATA_UNIT, API_TIMEOUT)?;
@@ -411,7 +415,7 @@ impl Step<Ctx> for ApisStep {
         await_ready("the network agents are not all alive", "ovn-controller", || admin_token(ctx).and_then(|t| super::network_steps::network_ready(&t)))?;
         println!("ciab-firstboot: apis: network agents alive: {} ({:.0} s)", super::network_steps::REQUIRED_AGENTS.join(", "), started.elapsed().as_secs_f64());
         await_ready("Cinder's services are not all up", "cinder-volume", || admin(ctx).and_then(|k| super::volume_steps::volume_ready(k.token(), k.project_id())))?;
-        println!("ciab-firstboot: apis: {} up ({:.0} s)", super::volume_steps::CINDER_DAEMONS.join(" and "), started.elapsed().as_secs_f64());
+        println!("ciab-firstboot: apis: {} up ({:.0} s)", super::volume_steps::CINDER_DAEMONS.join(", "), started.elapsed().as_secs_f64());
         let password = secret(ctx, messaging::RABBIT_SECRET)?;
         let deadline = Instant::now() + API_TIMEOUT;
         loop {

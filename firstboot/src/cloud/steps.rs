@@ -230,7 +230,13 @@ pub struct KeystoneStep;
 
 /// Writes ciab's drop-in for `unit` (`/etc/systemd/system/<unit>.d/ciab.conf`).
 pub(super) fn write_dropin(root: &Path, unit: &str, sections: &str) -> Result<()> {
-    let path = root.join(format!("etc/systemd/system/{unit}.d/ciab.conf"));
+    write_named_dropin(root, unit, "ciab", sections)
+}
+
+/// Writes a second drop-in of ciab's for `unit`, beside the one
+/// [`install_uwsgi`] or [`write_dropin`] writes (`<name>.conf`).
+pub(super) fn write_named_dropin(root: &Path, unit: &str, name: &str, sections: &str) -> Result<()> {
+    let path = root.join(format!("etc/systemd/system/{unit}.d/{name}.conf"));
     std::fs::create_dir_all(path.parent().context("parent")?)?;
     crate::atomic::write_atomic(&path, format!("# Written by ciab-firstboot.\n{sections}").as_bytes())
 }
@@ -365,6 +371,13 @@ impl Step<Ctx> for IdentityStep {
             }
             registered.push(api.kind);
         }
+        // S3 at the root of object storage's host and port, under its own type.
+        let (kind, name, description) = catalog::S3;
+        let id = keystone.ensure_service(kind, name, description)?;
+        for (interface, url) in [("public", catalog::OBJECT_STORE.public_url(&endpoints)), ("internal", catalog::OBJECT_STORE.internal_url())] {
+            keystone.ensure_endpoint(&id, interface, keystone::REGION, &url)?;
+        }
+        registered.push(kind);
         let pki = pki_of(ctx);
         let clouds = [
             keystone::CloudEntry { name: "admin".into(), user: "admin".into(), password: admin_pw, project: "admin".into() },

@@ -1,6 +1,6 @@
 //! The `cinder` step: the thin pool in the box's VG, tgt and the iSCSI
-//! initiator, and Cinder's API, scheduler and volume service, started
-//! without waiting (the `apis` step waits for them).
+//! initiator, and Cinder's API, scheduler, volume and backup services,
+//! started without waiting (the `apis` step waits for them).
 
 use super::catalog::BLOCK_STORAGE;
 use super::rest::{expect, request};
@@ -14,7 +14,7 @@ use crate::steps::Ctx;
 use anyhow::{Context, Result};
 
 /// The daemons besides the API.
-pub const CINDER_DAEMONS: &[&str] = &["cinder-scheduler", "cinder-volume"];
+pub const CINDER_DAEMONS: &[&str] = &["cinder-scheduler", "cinder-volume", "cinder-backup"];
 /// The iSCSI target, and the initiator nova-compute attaches volumes with
 /// (masked in the image: socket and service are unmasked together). iscsid
 /// names the initiator on its first start (the image ships no name).
@@ -72,6 +72,7 @@ impl Step<Ctx> for CinderStep {
         let volumes_dir = ctx.root.join(cinder::VOLUMES_DIR.trim_start_matches('/'));
         std::fs::create_dir_all(&volumes_dir)?;
         super::keys::chown(&volumes_dir, super::keys::system_user(&ctx.root, "cinder")?)?;
+        super::steps::write_dropin(&ctx.root, "cinder-backup.service", &cinder::backup_dropin())?;
         let ini = Uwsgi::api("cinder-api", BLOCK_STORAGE.bind, "/usr/bin/cinder-wsgi", "cinder", cp.workers.cinder_api);
         // The daemons read the API's file.
         install_api(ctx, &BLOCK_STORAGE, &ini, (cinder::CONF, conf.render()), &[])?;
@@ -94,7 +95,7 @@ fn volume_services(token: &str, project: &str) -> Result<Vec<(String, String)>> 
         .unwrap_or_default())
 }
 
-/// The scheduler and the volume service up.
+/// The scheduler, the volume and the backup service up.
 pub fn volume_ready(token: &str, project: &str) -> Result<bool> {
     let services = volume_services(token, project)?;
     Ok(CINDER_DAEMONS.iter().all(|d| services.iter().any(|(b, s)| b == d && s == "up")))

@@ -1,0 +1,67 @@
+//! Octavia, the load balancer service, with OVN's provider driver only: a
+//! load balancer is an OVN load balancer on the box's own OVN, so no amphora
+//! image and no service VMs (DESIGN.md §6). The API runs under uwsgi; the
+//! provider's agent (`octavia-driver-agent`) reports provisioning and
+//! operating status back through sockets in /run/octavia. OVN's provider
+//! speaks TCP, UDP and SCTP, with the SOURCE_IP_PORT algorithm.
+
+use super::catalog::LOAD_BALANCER;
+use super::ini::Ini;
+use super::{keystone, messaging, ovn, Endpoints};
+
+pub const CONF: &str = "etc/octavia/octavia.conf";
+/// The provider's agent, Debian's unit.
+pub const DRIVER_AGENT: &str = "octavia-driver-agent";
+/// The one provider.
+pub const PROVIDER: &str = "ovn";
+
+/// What octavia.conf is rendered from.
+#[derive(Debug, Clone)]
+pub struct OctaviaConf<'a> {
+    pub db_url: String,
+    pub rabbit_password: &'a str,
+    pub endpoints: &'a Endpoints,
+    pub service_password: &'a str,
+    pub pool: (u32, u32),
+}
+
+pub fn conf(c: &OctaviaConf) -> Ini {
+    let mut ini = Ini::new("Written by ciab-firstboot; rewritten on every run of the octavia step.");
+    ini.set("DEFAULT", "transport_url", messaging::transport_url(c.rabbit_password))
+        .set("api_settings", "api_base_uri", LOAD_BALANCER.public_url(c.endpoints))
+        .set("api_settings", "enabled_provider_drivers", format!("{PROVIDER}:OVN provider (load balancers in the box's OVN; no amphorae)"))
+        .set("api_settings", "default_provider_driver", PROVIDER)
+        .set("driver_agent", "enabled_provider_agents", PROVIDER)
+        .set("ovn", "ovn_nb_connection", ovn::NB)
+        .set("ovn", "ovn_sb_connection", ovn::SB);
+    super::database::oslo_db(&mut ini, "database", &c.db_url, c.pool);
+    keystone::authtoken(&mut ini, c.endpoints, LOAD_BALANCER.name, c.service_password);
+    // The provider creates the VIP's port and reads subnets through
+    // Neutron's API as the service user, on loopback.
+    keystone::service_auth(&mut ini, "service_auth", LOAD_BALANCER.name, c.service_password);
+    ini.set("neutron", "valid_interfaces", "internal")
+        .set("neutron", "region_name", keystone::REGION)
+        .set("oslo_middleware", "enable_proxy_headers_parsing", true)
+        .set("oslo_messaging_notifications", "driver", "noop");
+    ini
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ovn_provider_is_the_only_one() {
+        let e = Endpoints { host: "cloud.example.org".into(), port: 443 };
+        let ini = conf(&OctaviaConf { db_url: "mysql+pymysql://octavia:pw@localhost/octavia".into(), rabbit_password: "r", endpoints: &e, service_password: "svc", pool: (5, 5) });
+        assert!(ini.get("api_settings", "enabled_provider_drivers").unwrap().starts_with("ovn:"));
+        let drivers = ini.get("api_settings", "enabled_provider_drivers").unwrap();
+        assert!(!drivers.contains(',') && drivers.matches(':').count() == 1, "one name:description pair: {drivers}");
+        assert_eq!(ini.get("api_settings", "default_provider_driver"), Some("ovn"));
+        assert_eq!(ini.get("driver_agent", "enabled_provider_agents"), Some("ovn"));
+        assert_eq!(ini.get("ovn", "ovn_nb_connection"), Some("tcp:127.0.0.1:6641"));
+        assert_eq!(ini.get("api_settings", "api_base_uri"), Some("https://cloud.example.org/load-balancer"));
+        assert_eq!(ini.get("service_auth", "username"), Some("octavia"));
+        assert_eq!(ini.get("neutron", "valid_interfaces"), Some("internal"));
+    }
+}
