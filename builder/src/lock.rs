@@ -39,21 +39,16 @@ pub fn lock(spec_path: &Path, cache_root: &Path, opts: &FetchOptions, update: bo
             pins.push(Pin { origin: image.origin.clone(), array: "registry.images", key: "digest", value: digest.to_string(), what: image.reference.clone() });
         }
     }
-    let to_pin: Vec<&crate::spec::ArtifactSpec> = spec.artifacts.iter().filter(|a| a.sha256.is_none() || update).collect();
+    // Artifacts and downloaded guest images are files pinned by sha256:
+    // (the file, which array of the spec holds it, what it is called).
+    let files = spec.artifacts.iter().map(|a| (a.clone(), "artifacts", a.dest.clone()));
+    let guests = spec.guest_images.iter().filter_map(|g| Some((g.download_artifact()?, "guest_images", g.name.clone())));
+    let to_pin: Vec<_> = files.chain(guests).filter(|(a, ..)| a.sha256.is_none() || update).collect();
     // Without a pin the fetch stores the file under whatever it hashes to.
-    let unpinned: Vec<_> = to_pin.iter().map(|a| crate::spec::ArtifactSpec { sha256: None, ..(*a).clone() }).collect();
-    for (a, (digest, _)) in to_pin.iter().zip(fetcher.artifacts(&unpinned)?) {
+    let unpinned: Vec<_> = to_pin.iter().map(|(a, ..)| crate::spec::ArtifactSpec { sha256: None, ..a.clone() }).collect();
+    for ((a, array, what), (digest, _)) in to_pin.iter().zip(fetcher.artifacts(&unpinned)?) {
         if a.sha256.as_deref() != Some(digest.hex()) {
-            pins.push(Pin { origin: a.origin.clone(), array: "artifacts", key: "sha256", value: digest.hex().to_owned(), what: a.dest.clone() });
-        }
-    }
-    // Downloaded guest images are pinned like artifacts.
-    let guests: Vec<(&crate::spec::GuestImageSpec, crate::spec::ArtifactSpec)> =
-        spec.guest_images.iter().filter_map(|g| Some((g, g.download_artifact()?))).filter(|(_, a)| a.sha256.is_none() || update).collect();
-    let unpinned: Vec<_> = guests.iter().map(|(_, a)| crate::spec::ArtifactSpec { sha256: None, ..a.clone() }).collect();
-    for ((g, a), (digest, _)) in guests.iter().zip(fetcher.artifacts(&unpinned)?) {
-        if a.sha256.as_deref() != Some(digest.hex()) {
-            pins.push(Pin { origin: g.origin.clone(), array: "guest_images", key: "sha256", value: digest.hex().to_owned(), what: g.name.clone() });
+            pins.push(Pin { origin: a.origin.clone(), array, key: "sha256", value: digest.hex().to_owned(), what: what.clone() });
         }
     }
     let mut by_file: BTreeMap<PathBuf, Vec<&Pin>> = BTreeMap::new();
