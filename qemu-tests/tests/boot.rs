@@ -21,7 +21,7 @@ fn boot(firmware: Firmware) -> Vec<String> {
     m.firmware = firmware;
     m.accel = ciab_builder::run::choose_accel("auto").expect("accel");
     m.memory_mib = 1024;
-    m.cpus = 2;
+    m.cpus = ciab_qemu_tests::harness::SMALL_GUEST_CPUS;
     m.snapshot = true;
     m.network = Network::None;
     let vm = Vm::start(&m).expect("starting QEMU");

@@ -30,7 +30,7 @@ fn machine(disk: &Path) -> Machine {
     m.firmware = Firmware::Uefi;
     m.accel = ciab_builder::run::choose_accel("auto").unwrap();
     m.memory_mib = 1536;
-    m.cpus = 2;
+    m.cpus = ciab_qemu_tests::harness::SMALL_GUEST_CPUS;
     m.snapshot = false;
     m.network = Network::None;
     m

@@ -65,7 +65,7 @@ fn machine(disk: &Path, firmware: Firmware) -> Machine {
     m.firmware = firmware;
     m.accel = ciab_builder::run::choose_accel("auto").unwrap();
     m.memory_mib = 1536;
-    m.cpus = 2;
+    m.cpus = ciab_qemu_tests::harness::SMALL_GUEST_CPUS;
     m.network = Network::None;
     m
 }
