@@ -429,7 +429,10 @@ fn control_plane(profile: Profile, virt: Virtualization, memory_mib: u64, cpus: 
     // little to choose from, and Horizon has few users: half as many.
     let half = (w / 2).max(1);
     let workers = Workers {
-        keystone: w,
+        // Every other service's tokens are checked by Keystone, and first
+        // boot registers the cloud in it two calls at a time: a second
+        // process costs little (the app is loaded once, then forked).
+        keystone: w.max(2),
         glance: half,
         nova_api: w,
         nova_metadata: half,
@@ -798,7 +801,7 @@ mod tests {
     }
 
     #[test]
-    fn eval_vm_under_tcg_gets_one_worker_each() {
+    fn eval_vm_under_tcg_gets_one_worker_each_but_keystone_two() {
         let p = plan(&eval_vm(), Profile::Eval, IMAGE).unwrap();
         check_sums(&p);
         round_trip(&p);
@@ -809,17 +812,17 @@ mod tests {
         let w = cp.workers;
         assert_eq!(
             [w.keystone, w.glance, w.nova_api, w.nova_metadata, w.nova_conductor, w.nova_scheduler, w.placement, w.neutron_server, w.cinder_api, w.horizon, w.octavia_api, w.barbican_api, w.swift_proxy, w.swift_storage],
-            [1; 14]
+            [2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
         );
-        assert_eq!(cp.mariadb, Mariadb { innodb_buffer_pool_mib: 256, max_connections: 200, ram_mib: 712 });
+        assert_eq!(cp.mariadb, Mariadb { innodb_buffer_pool_mib: 256, max_connections: 210, ram_mib: 722 });
         assert_eq!(cp.rabbitmq, Rabbitmq { memory_high_watermark_mib: 256, ram_mib: 384 });
         assert_eq!(cp.memcached, Memcached { memory_mib: 64, ram_mib: 96 });
-        assert_eq!(cp.services_ram_mib, 4310);
-        assert_eq!(cp.ram_mib, 6526);
+        assert_eq!(cp.services_ram_mib, 4460);
+        assert_eq!(cp.ram_mib, 6686);
         assert_eq!(cp.cpus, 1);
         let n = p.nova.unwrap();
-        assert_eq!(n.reserved_host_memory_mb, 8062);
-        assert_eq!(n.instance_ram_mib, 3896);
+        assert_eq!(n.reserved_host_memory_mb, 8222);
+        assert_eq!(n.instance_ram_mib, 3736);
         assert_eq!(n.reserved_host_cpus, 2);
         assert_eq!((n.cpu_allocation_ratio, n.ram_allocation_ratio, n.disk_allocation_ratio), (1.0, 1.0, 2.0));
         assert_eq!(n.instance_vcpus, 2);

@@ -1,9 +1,11 @@
-//! Keystone's REST API from Rust: one token, then find-or-create calls, each
-//! idempotent so a step cut by a power loss can simply run again.
+//! Keystone's REST API from Rust: one token, one listing of what exists,
+//! then find-or-create calls, each idempotent so a step cut by a power loss
+//! can simply run again.
 
 use super::rest::{expect, request};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 
 /// An admin session against Keystone on loopback.
 pub struct Identity {
@@ -39,72 +41,139 @@ impl Identity {
         Ok(expect(request(&self.addr, method, path, Some(&self.token), body)?, what, ok)?.body)
     }
 
-    /// The id of the one entity `list[key]` returned by `path`, if any.
-    fn find(&self, path: &str, key: &str, what: &str) -> Result<Option<String>> {
-        let v = self.call("GET", path, None, what, &[200])?;
-        Ok(v[key].as_array().and_then(|a| a.first()).and_then(|e| e["id"].as_str()).map(str::to_owned))
+    /// What Keystone holds now, listed once: the step below then looks
+    /// up every name locally instead of one GET per entity (under TCG each
+    /// request costs a second or two of Keystone's single process).
+    pub fn directory(&self) -> Result<Directory<'_>> {
+        let list = |path: &str, key: &str| -> Result<Vec<Value>> {
+            let v = self.call("GET", path, None, &format!("listing {key}"), &[200])?;
+            Ok(v[key].as_array().cloned().unwrap_or_default())
+        };
+        Ok(Directory {
+            identity: self,
+            projects: by(&list("/v3/projects?domain_id=default", "projects")?, "name"),
+            users: by(&list("/v3/users?domain_id=default", "users")?, "name"),
+            roles: by(&list("/v3/roles", "roles")?, "name"),
+            services: by(&list("/v3/services", "services")?, "type"),
+            endpoints: list("/v3/endpoints", "endpoints")?,
+        })
+    }
+}
+
+/// `field` → id of each entity in `list` (the first one of a name wins, as
+/// a filtered GET's first entry did).
+fn by(list: &[Value], field: &str) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    for e in list {
+        if let (Some(k), Some(id)) = (e[field].as_str(), e["id"].as_str()) {
+            map.entry(k.to_owned()).or_insert_with(|| id.to_owned());
+        }
+    }
+    map
+}
+
+/// Keystone's projects, users, roles, services and endpoints as listed by
+/// [`Identity::directory`], kept current as entities are created: find or
+/// create, each idempotent so a step cut by a power loss can run again.
+/// Clones may work side by side on disjoint entities (one service's
+/// entry each).
+#[derive(Clone)]
+pub struct Directory<'a> {
+    identity: &'a Identity,
+    projects: HashMap<String, String>,
+    users: HashMap<String, String>,
+    roles: HashMap<String, String>,
+    services: HashMap<String, String>,
+    endpoints: Vec<Value>,
+}
+
+impl Directory<'_> {
+    fn create(&self, path: &str, kind: &str, body: Value, what: &str) -> Result<String> {
+        let v = self.identity.call("POST", path, Some(&body), what, &[201])?;
+        v[kind]["id"].as_str().map(str::to_owned).with_context(|| format!("Keystone returned no {kind} id ({what})"))
     }
 
     /// The project `name` in the Default domain, created if missing.
-    pub fn ensure_project(&self, name: &str, description: &str) -> Result<String> {
-        if let Some(id) = self.find(&format!("/v3/projects?domain_id=default&name={name}"), "projects", &format!("looking up project {name}"))? {
-            return Ok(id);
+    pub fn ensure_project(&mut self, name: &str, description: &str) -> Result<String> {
+        if let Some(id) = self.projects.get(name) {
+            return Ok(id.clone());
         }
-        let v = self.call("POST", "/v3/projects", Some(&json!({"project": {"name": name, "domain_id": "default", "description": description, "enabled": true}})), &format!("creating project {name}"), &[201])?;
-        v["project"]["id"].as_str().map(str::to_owned).context("Keystone returned no project id")
+        let id = self.create("/v3/projects", "project", json!({"project": {"name": name, "domain_id": "default", "description": description, "enabled": true}}), &format!("creating project {name}"))?;
+        self.projects.insert(name.to_owned(), id.clone());
+        Ok(id)
     }
 
     /// The user `name` in the Default domain with `password`: created if
     /// missing, its password set again if it exists (a rerun after a power
     /// cut must leave it matching the secret).
-    pub fn ensure_user(&self, name: &str, password: &str, default_project: &str) -> Result<String> {
-        if let Some(id) = self.find(&format!("/v3/users?domain_id=default&name={name}"), "users", &format!("looking up user {name}"))? {
-            self.call("PATCH", &format!("/v3/users/{id}"), Some(&json!({"user": {"password": password, "default_project_id": default_project}})), &format!("updating user {name}"), &[200])?;
-            return Ok(id);
+    pub fn ensure_user(&mut self, name: &str, password: &str, default_project: &str) -> Result<String> {
+        if let Some(id) = self.users.get(name) {
+            self.identity.call("PATCH", &format!("/v3/users/{id}"), Some(&json!({"user": {"password": password, "default_project_id": default_project}})), &format!("updating user {name}"), &[200])?;
+            return Ok(id.clone());
         }
         let body = json!({"user": {"name": name, "domain_id": "default", "password": password, "default_project_id": default_project, "enabled": true}});
-        let v = self.call("POST", "/v3/users", Some(&body), &format!("creating user {name}"), &[201])?;
-        v["user"]["id"].as_str().map(str::to_owned).context("Keystone returned no user id")
+        let id = self.create("/v3/users", "user", body, &format!("creating user {name}"))?;
+        self.users.insert(name.to_owned(), id.clone());
+        Ok(id)
     }
 
     /// The role `name`, created if missing (bootstrap makes admin, member and reader).
-    pub fn ensure_role(&self, name: &str) -> Result<String> {
-        if let Some(id) = self.find(&format!("/v3/roles?name={name}"), "roles", &format!("looking up role {name}"))? {
-            return Ok(id);
+    pub fn ensure_role(&mut self, name: &str) -> Result<String> {
+        if let Some(id) = self.roles.get(name) {
+            return Ok(id.clone());
         }
-        let v = self.call("POST", "/v3/roles", Some(&json!({"role": {"name": name}})), &format!("creating role {name}"), &[201])?;
-        v["role"]["id"].as_str().map(str::to_owned).context("Keystone returned no role id")
+        let id = self.create("/v3/roles", "role", json!({"role": {"name": name}}), &format!("creating role {name}"))?;
+        self.roles.insert(name.to_owned(), id.clone());
+        Ok(id)
     }
 
     /// Grants `role` on `project` to `user` (a no-op when already granted).
     pub fn grant(&self, project: &str, user: &str, role: &str) -> Result<()> {
-        self.call("PUT", &format!("/v3/projects/{project}/users/{user}/roles/{role}"), None, "granting a role", &[204]).map(|_| ())
+        self.identity.call("PUT", &format!("/v3/projects/{project}/users/{user}/roles/{role}"), None, "granting a role", &[204]).map(|_| ())
     }
 
     /// The catalog's service of type `kind`, created if missing.
-    pub fn ensure_service(&self, kind: &str, name: &str, description: &str) -> Result<String> {
-        if let Some(id) = self.find(&format!("/v3/services?type={kind}"), "services", &format!("looking up the {kind} service"))? {
-            return Ok(id);
+    pub fn ensure_service(&mut self, kind: &str, name: &str, description: &str) -> Result<String> {
+        if let Some(id) = self.services.get(kind) {
+            return Ok(id.clone());
         }
         let body = json!({"service": {"type": kind, "name": name, "description": description, "enabled": true}});
-        let v = self.call("POST", "/v3/services", Some(&body), &format!("creating the {kind} service"), &[201])?;
-        v["service"]["id"].as_str().map(str::to_owned).context("Keystone returned no service id")
+        let id = self.create("/v3/services", "service", body, &format!("creating the {kind} service"))?;
+        self.services.insert(kind.to_owned(), id.clone());
+        Ok(id)
     }
 
     /// The service's endpoint on `interface` in `region` at `url`: created
     /// if missing, its URL corrected if it changed (a new public endpoint in
     /// site.toml).
-    pub fn ensure_endpoint(&self, service: &str, interface: &str, region: &str, url: &str) -> Result<()> {
+    pub fn ensure_endpoint(&mut self, service: &str, interface: &str, region: &str, url: &str) -> Result<()> {
         let what = format!("the {interface} endpoint {url}");
-        let v = self.call("GET", &format!("/v3/endpoints?service_id={service}&interface={interface}&region_id={region}"), None, &format!("looking up {what}"), &[200])?;
-        if let Some(e) = v["endpoints"].as_array().and_then(|a| a.first()) {
+        let existing = self.endpoints.iter_mut().find(|e| e["service_id"] == service && e["interface"] == interface && e["region_id"] == region);
+        if let Some(e) = existing {
             if e["url"].as_str() != Some(url) {
-                let id = e["id"].as_str().context("Keystone returned an endpoint without id")?;
-                self.call("PATCH", &format!("/v3/endpoints/{id}"), Some(&json!({"endpoint": {"url": url}})), &format!("updating {what}"), &[200])?;
+                let id = e["id"].as_str().context("Keystone listed an endpoint without id")?.to_owned();
+                self.identity.call("PATCH", &format!("/v3/endpoints/{id}"), Some(&json!({"endpoint": {"url": url}})), &format!("updating {what}"), &[200])?;
+                e["url"] = json!(url);
             }
             return Ok(());
         }
         let body = json!({"endpoint": {"service_id": service, "interface": interface, "region_id": region, "url": url, "enabled": true}});
-        self.call("POST", "/v3/endpoints", Some(&body), &format!("creating {what}"), &[201]).map(|_| ())
+        let v = self.identity.call("POST", "/v3/endpoints", Some(&body), &format!("creating {what}"), &[201])?;
+        self.endpoints.push(v["endpoint"].clone());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_listing_is_indexed_by_name_first_entry_winning() {
+        let list = [json!({"id": "a1", "name": "demo"}), json!({"id": "a2", "name": "demo"}), json!({"id": "b", "name": "service"}), json!({"name": "no-id"})];
+        let map = super::by(&list, "name");
+        assert_eq!(map.get("demo").map(String::as_str), Some("a1"));
+        assert_eq!(map.get("service").map(String::as_str), Some("b"));
+        assert_eq!(map.len(), 2);
     }
 }

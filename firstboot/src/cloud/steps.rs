@@ -328,6 +328,33 @@ pub struct CloudSummary {
     pub credentials: String,
 }
 
+/// One service of the catalog as the identity step registers it.
+struct CatalogEntry {
+    kind: &'static str,
+    name: &'static str,
+    description: &'static str,
+    /// (interface, URL) of each endpoint.
+    urls: Vec<(&'static str, String)>,
+    /// The service user's password, for a service that has one.
+    password: Option<String>,
+}
+
+impl CatalogEntry {
+    fn register(&self, directory: &mut super::identity::Directory<'_>, service_project: &str, service_roles: &[String]) -> Result<()> {
+        let id = directory.ensure_service(self.kind, self.name, self.description)?;
+        for (interface, url) in &self.urls {
+            directory.ensure_endpoint(&id, interface, keystone::REGION, url)?;
+        }
+        if let Some(password) = &self.password {
+            let user = directory.ensure_user(self.name, password, service_project)?;
+            for role in service_roles {
+                directory.grant(service_project, &user, role)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Projects, users and roles through Keystone's API, and root's clouds.yaml.
 pub struct IdentityStep;
 
@@ -347,37 +374,47 @@ impl Step<Ctx> for IdentityStep {
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let admin_pw = secret(ctx, "keystone-admin")?;
         let member_pw = secret(ctx, "demo-password")?;
-        let keystone = super::identity::Identity::login(keystone::BIND, "admin", &admin_pw, "admin")?;
-        let service_project = keystone.ensure_project(SERVICE_PROJECT, "The cloud's own services")?;
-        let project = keystone.ensure_project(MEMBER_PROJECT, "A project for trying the cloud out")?;
-        let user = keystone.ensure_user(MEMBER_USER, &member_pw, &project)?;
-        let member = keystone.ensure_role("member")?;
-        keystone.grant(&project, &user, &member)?;
+        let session = super::identity::Identity::login(keystone::BIND, "admin", &admin_pw, "admin")?;
+        let mut directory = session.directory()?;
+        let service_project = directory.ensure_project(SERVICE_PROJECT, "The cloud's own services")?;
+        let project = directory.ensure_project(MEMBER_PROJECT, "A project for trying the cloud out")?;
+        let user = directory.ensure_user(MEMBER_USER, &member_pw, &project)?;
+        let member = directory.ensure_role("member")?;
+        directory.grant(&project, &user, &member)?;
         let endpoints = endpoints(ctx)?;
         // Token validation and Nova's calls to Placement need `service`;
         // `admin` lets services act across projects as upstream's guides set up.
-        let service_roles = [keystone.ensure_role("admin")?, keystone.ensure_role("service")?];
-        let mut registered = Vec::new();
+        let service_roles = [directory.ensure_role("admin")?, directory.ensure_role("service")?];
+        // Each API: its service, its endpoints and its service user. S3
+        // sits at the root of object storage's host and port, under its own
+        // type, without a user of its own.
+        let mut entries: Vec<CatalogEntry> = Vec::new();
         for api in catalog::APIS {
-            let id = keystone.ensure_service(api.kind, api.name, api.description)?;
-            for (interface, url) in api.catalog_urls(&endpoints) {
-                keystone.ensure_endpoint(&id, interface, keystone::REGION, &url)?;
-            }
-            if let Some(secret_name) = api.service_secret {
-                let user = keystone.ensure_user(api.name, &secret(ctx, secret_name)?, &service_project)?;
-                for role in &service_roles {
-                    keystone.grant(&service_project, &user, role)?;
-                }
-            }
-            registered.push(api.kind);
+            let password = api.service_secret.map(|name| secret(ctx, name)).transpose()?;
+            entries.push(CatalogEntry { kind: api.kind, name: api.name, description: api.description, urls: api.catalog_urls(&endpoints).to_vec(), password });
         }
-        // S3 at the root of object storage's host and port, under its own type.
         let (kind, name, description) = catalog::S3;
-        let id = keystone.ensure_service(kind, name, description)?;
-        for (interface, url) in [("public", catalog::OBJECT_STORE.public_url(&endpoints)), ("internal", catalog::OBJECT_STORE.internal_url())] {
-            keystone.ensure_endpoint(&id, interface, keystone::REGION, &url)?;
-        }
-        registered.push(kind);
+        let urls = vec![("public", catalog::OBJECT_STORE.public_url(&endpoints)), ("internal", catalog::OBJECT_STORE.internal_url())];
+        entries.push(CatalogEntry { kind, name, description, urls, password: None });
+        // Two at a time, one per Keystone process: the calls are
+        // independent (a service, its endpoints and its user each), and
+        // under TCG one process answers one call in a second or two.
+        let half = entries.len().div_ceil(2).max(1);
+        std::thread::scope(|scope| -> Result<()> {
+            let workers: Vec<_> = entries
+                .chunks(half)
+                .map(|chunk| {
+                    let mut directory = directory.clone();
+                    let (service_project, service_roles) = (&service_project, &service_roles);
+                    scope.spawn(move || chunk.iter().try_for_each(|entry| entry.register(&mut directory, service_project, service_roles)))
+                })
+                .collect();
+            for worker in workers {
+                worker.join().map_err(|_| anyhow::anyhow!("a thread registering the catalog panicked"))??;
+            }
+            Ok(())
+        })?;
+        let registered: Vec<&str> = entries.iter().map(|e| e.kind).collect();
         let pki = pki_of(ctx);
         let clouds = [
             keystone::CloudEntry { name: "admin".into(), user: "admin".into(), password: admin_pw, project: "admin".into() },
