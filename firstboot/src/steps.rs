@@ -532,6 +532,11 @@ impl Step<Ctx> for ReadyStep {
                 let list: Vec<String> = by_service.iter().map(|(u, m)| format!("{u} {m}")).collect();
                 println!("ciab-firstboot: summary: memory by service (MiB, systemd's accounting): {}", list.join(", "));
             }
+            let by_service = crate::cloud::service::cpu_seconds(&crate::cloud::cloud_units());
+            if !by_service.is_empty() {
+                let list: Vec<String> = by_service.iter().map(|(u, s)| format!("{u} {s}")).collect();
+                println!("ciab-firstboot: summary: CPU time by service (s since its start, systemd's accounting): {}", list.join(", "));
+            }
         }
         println!("ciab-firstboot: summary: per-box secrets in {} (root only)", ctx.state_dir.join("secrets").display());
         crate::atomic::write_atomic(&ctx.state_dir.join(DONE_STAMP), b"")

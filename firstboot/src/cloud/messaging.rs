@@ -41,10 +41,12 @@ log.file.level = warning\n",
 }
 
 /// rabbitmq-env.conf: a node name that does not change with the host name
-/// (the database directory is named after it), and Erlang distribution on
-/// loopback only.
+/// (the database directory is named after it), Erlang distribution on
+/// loopback only, and schedulers that sleep when idle instead of spinning
+/// (RabbitMQ's advice where CPUs are shared: here, the cloud's own
+/// services starting beside it; under TCG a spin costs real host time).
 pub fn rabbitmq_env() -> String {
-    "# Written by ciab-firstboot.\nNODENAME=rabbit@localhost\nSERVER_ADDITIONAL_ERL_ARGS=\"-kernel inet_dist_use_interface {127,0,0,1}\"\n".to_owned()
+    "# Written by ciab-firstboot.\nNODENAME=rabbit@localhost\nSERVER_ADDITIONAL_ERL_ARGS=\"-kernel inet_dist_use_interface {127,0,0,1} +sbwt none +sbwtdcpu none +sbwtdio none\"\n".to_owned()
 }
 
 /// epmd's socket on loopback only (Debian's listens on every address).

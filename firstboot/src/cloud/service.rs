@@ -68,18 +68,30 @@ pub fn start_in_background(units: &[&str]) -> Result<()> {
 /// its cgroup's charge, page cache included), MiB, largest first; units
 /// systemd does not account are left out.
 pub fn memory_mib(units: &[&str]) -> Vec<(String, u64)> {
-    let mut args = vec!["show", "--property=Id,MemoryCurrent"];
-    args.extend_from_slice(units);
-    systemctl(&args).map(|out| parse_memory(&out)).unwrap_or_default()
+    accounted(units, "MemoryCurrent", 1 << 20)
 }
 
-fn parse_memory(show: &str) -> Vec<(String, u64)> {
+/// The CPU time each of `units` has used since it last started (systemd's
+/// `CPUUsageNSec`), seconds, largest first: where first boot's time went,
+/// under TCG mostly Python starting up.
+pub fn cpu_seconds(units: &[&str]) -> Vec<(String, u64)> {
+    accounted(units, "CPUUsageNSec", 1_000_000_000)
+}
+
+fn accounted(units: &[&str], property: &str, unit_size: u64) -> Vec<(String, u64)> {
+    let prop = format!("--property=Id,{property}");
+    let mut args = vec!["show", prop.as_str()];
+    args.extend_from_slice(units);
+    systemctl(&args).map(|out| parse_accounting(&out, property, unit_size)).unwrap_or_default()
+}
+
+fn parse_accounting(show: &str, property: &str, unit_size: u64) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = show
         .split("\n\n")
         .filter_map(|block| {
             let value = |key: &str| block.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('='));
-            let bytes: u64 = value("MemoryCurrent")?.parse().ok()?;
-            Some((value("Id")?.trim_end_matches(".service").to_owned(), bytes >> 20))
+            let raw: u64 = value(property)?.parse().ok()?;
+            Some((value("Id")?.trim_end_matches(".service").to_owned(), raw / unit_size))
         })
         .collect();
     out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -193,7 +205,9 @@ mod tests {
     #[test]
     fn memory_comes_from_systemds_accounting() {
         let show = "Id=swift-proxy.service\nMemoryCurrent=52428800\n\nMemoryCurrent=[not set]\nId=gone.service\n\nId=mariadb.service\nMemoryCurrent=209715200\n";
-        assert_eq!(super::parse_memory(show), vec![("mariadb".to_owned(), 200), ("swift-proxy".to_owned(), 50)]);
+        assert_eq!(super::parse_accounting(show, "MemoryCurrent", 1 << 20), vec![("mariadb".to_owned(), 200), ("swift-proxy".to_owned(), 50)]);
+        let show = "Id=keystone.service\nCPUUsageNSec=41900000000\n\nId=gone.service\nCPUUsageNSec=[not set]\n";
+        assert_eq!(super::parse_accounting(show, "CPUUsageNSec", 1_000_000_000), vec![("keystone".to_owned(), 41)]);
     }
 
     #[test]
