@@ -10,10 +10,11 @@
 //! non-admin member, as SCS-compatible IaaS asks: networks and a router,
 //! the 15 flavors of scs-0103 and the image properties of scs-0102 (checked
 //! against the standards' text in `ciab_qemu_tests::scs`), a secret in
-//! Barbican, objects through S3 with EC2 credentials (`s3cmd`), a volume
-//! backed up and restored, and a load balancer with OVN's provider. The long
+//! Barbican, objects through S3 with EC2 credentials (`s3cmd`). The long
 //! tier also cuts the power at ready (the third boot brings the cloud back
-//! on its own) and boots a server from a volume.
+//! on its own), backs a volume up into object storage and restores it,
+//! boots a server from a volume and puts a load balancer (OVN's provider)
+//! in front of it.
 
 use ciab_builder::exec::Cmd;
 use ciab_builder::qemu::{Disk, Firmware, Machine, Network, PortForward};
@@ -28,13 +29,61 @@ use std::time::{Duration, Instant};
 /// the key manager joined; ~1780 s with them (2026-12-02, 2 host cores).
 const FIRST_BOOT_TIMEOUT: Duration = Duration::from_secs(2700);
 
-/// Waits for first boot's end; a failure fails the test at once with the console.
-fn wait_first_boot(vm: &Vm) {
-    let line = vm.wait_for_line("ciab: first boot ", FIRST_BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e:#}"));
-    if !line.contains("first boot complete") {
-        panic!("{}", vm.failure_report(&line));
+/// Guest kernel panics a run may survive: QEMU 7.2's multi-threaded TCG
+/// now and then lets a vCPU run kernel text another has just patched, and
+/// the guest dies with "Fatal exception in interrupt" (seen in two runs of
+/// this test, in boot 1 and at Cinder's start; see
+/// `harness::SMALL_GUEST_CPUS`). This guest needs
+/// its 4 vCPUs, and the box is built to resume after a crash as after a
+/// power cut: so the test cuts the power and boots again, once, and says so.
+const PANICS_SURVIVED: usize = 1;
+
+/// A boot of the test's machine, carried through guest kernel panics (at
+/// most [`PANICS_SURVIVED`] in the whole test) by power cycling; `lines`
+/// holds the console of every power-on of this boot.
+struct Boot<'m> {
+    machine: &'m Machine,
+    vm: Vm,
+    lines: Vec<String>,
+}
+
+impl<'m> Boot<'m> {
+    fn start(machine: &'m Machine) -> Boot<'m> {
+        Boot { machine, vm: Vm::start(machine).unwrap(), lines: Vec::new() }
     }
-    vm.wait_for_line(READY_LINE, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
+
+    /// Every console line of this boot so far, across power cycles.
+    fn lines(&self) -> Vec<String> {
+        [self.lines.clone(), self.vm.serial_lines()].concat()
+    }
+
+    /// After a guest kernel panic: power cycles if the test may still
+    /// survive one, else fails with the console.
+    fn survive_panic(&mut self, panics: &mut usize, what: &str) {
+        if *panics >= PANICS_SURVIVED {
+            panic!("{}", self.vm.failure_report(&format!("a guest kernel panic (one too many) while waiting for {what}")));
+        }
+        *panics += 1;
+        eprintln!("WARNING: {}\n-> cutting the power and booting again: the box resumes after a crash as after a power cut", self.vm.failure_report(&format!("the guest kernel panicked while waiting for {what}")));
+        self.lines.extend(self.vm.serial_lines());
+        self.vm.power_cut().unwrap();
+        self.vm = Vm::start(self.machine).unwrap();
+    }
+
+    /// Waits for first boot's end; a failure fails the test at once with the console.
+    fn wait_first_boot(&mut self, panics: &mut usize) {
+        let line = loop {
+            match self.vm.wait_for_line("ciab: first boot ", FIRST_BOOT_TIMEOUT) {
+                Ok(line) => break line,
+                Err(_) if self.vm.kernel_panicked() => self.survive_panic(panics, "the end of first boot"),
+                Err(e) => panic!("{e:#}"),
+            }
+        };
+        if !line.contains("first boot complete") {
+            panic!("{}", self.vm.failure_report(&line));
+        }
+        self.vm.wait_for_line(READY_LINE, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
+    }
 }
 
 fn numbered(n: usize, name: &str) -> String {
@@ -123,36 +172,40 @@ fn run(tier: Tier) {
     m.extra_disks.push(Disk { path: config, format: None, read_only: true });
 
     // Boot 1: the power goes while Keystone is being configured.
+    let mut panics = 0;
     let t0 = Instant::now();
-    let vm = Vm::start(&m).unwrap();
+    let mut boot = Boot::start(&m);
     let keystone = numbered(step_number("keystone"), "keystone");
     let reached = format!("{keystone} … configure");
     loop {
-        let lines = vm.serial_lines();
+        let lines = boot.vm.serial_lines();
         if lines.iter().any(|l| l.contains(&reached)) {
             break;
         }
         // A step before Keystone that fails ends first boot: say so now, not after the timeout.
-        if let Some(failed) = lines.iter().find(|l| l.contains("ciab: first boot FAILED") || l.contains("Kernel panic - not syncing")) {
-            panic!("{}", vm.failure_report(failed));
+        if let Some(failed) = lines.iter().find(|l| l.contains("ciab: first boot FAILED")) {
+            panic!("{}", boot.vm.failure_report(failed));
         }
-        assert!(t0.elapsed() < FIRST_BOOT_TIMEOUT, "{reached} not reached after {:?}\n{}", t0.elapsed(), vm.failure_report("keystone"));
+        if boot.vm.kernel_panicked() {
+            boot.survive_panic(&mut panics, &reached);
+        }
+        assert!(t0.elapsed() < FIRST_BOOT_TIMEOUT, "{reached} not reached after {:?}\n{}", t0.elapsed(), boot.vm.failure_report("keystone"));
         std::thread::sleep(Duration::from_secs(1));
     }
     let reached_keystone = t0.elapsed();
-    let ca_line = vm.serial_lines().into_iter().find(|l| l.contains("ciab-firstboot: pki: CA created (SHA-256 ")).expect("the CA's fingerprint on the console");
+    let ca_line = boot.lines().into_iter().find(|l| l.contains("ciab-firstboot: pki: CA created (SHA-256 ")).expect("the CA's fingerprint on the console");
     let fingerprint = ca_line.split("SHA-256 ").nth(1).unwrap().trim_end_matches(')').trim().to_owned();
     // Into bootstrap, whose Python start-up takes tens of seconds here.
     std::thread::sleep(Duration::from_secs(15));
-    vm.power_cut().unwrap();
-    drop(vm);
+    boot.vm.power_cut().unwrap();
+    drop(boot);
 
     // Boot 2: resumes at Keystone; what was done stays done.
     let t1 = Instant::now();
-    let vm = Vm::start(&m).unwrap();
-    wait_first_boot(&vm);
+    let mut boot = Boot::start(&m);
+    boot.wait_first_boot(&mut panics);
     let second = t1.elapsed();
-    let lines = vm.serial_lines();
+    let lines = boot.lines();
     let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
     assert!(has(&format!("{keystone} … ok")), "keystone configured on the second boot: {lines:#?}");
     assert!(!has("pki: CA created"), "the CA is never re-issued: {lines:#?}");
@@ -215,11 +268,11 @@ fn run(tier: Tier) {
     let t2 = Instant::now();
     let vm = match tier {
         Tier::Long => {
-            vm.power_cut().unwrap();
-            drop(vm);
+            boot.vm.power_cut().unwrap();
+            drop(boot);
             Vm::start(&m).unwrap()
         }
-        Tier::Ci => vm,
+        Tier::Ci => boot.vm,
     };
     // As the non-admin member, as a user of the cloud would.
     let auth = format!(
@@ -451,23 +504,29 @@ fn run(tier: Tier) {
             std::thread::sleep(Duration::from_secs(2));
         }
     };
-    let source = send("POST", &volumes, r#"{"volume": {"name": "e2e-backup-source", "size": 1}}"#, 202);
-    let source_id = source["volume"]["id"].as_str().unwrap().to_owned();
-    wait_status(&format!("{volumes}/{source_id}"), "volume", "available", &["creating"]);
-    let backup = send("POST", &backups, &format!(r#"{{"backup": {{"name": "e2e-backup", "volume_id": "{source_id}"}}}}"#), 202);
-    let backup_id = backup["backup"]["id"].as_str().unwrap().to_owned();
-    let backed_up = wait_status(&format!("{backups}/{backup_id}"), "backup", "available", &["creating"]);
-    let restore = send("POST", &format!("{backups}/{backup_id}/restore"), r#"{"restore": {"name": "e2e-restored"}}"#, 202);
-    let restored_id = restore["restore"]["volume_id"].as_str().unwrap_or_else(|| panic!("{restore:#}")).to_owned();
-    let restored = wait_status(&format!("{volumes}/{restored_id}"), "volume", "available", &["creating", "restoring-backup"]);
-    let (code, _, body) = api("DELETE", &format!("{backups}/{backup_id}"), &[]);
-    assert_eq!(code, 202, "{body}");
-    wait_gone(&format!("{backups}/{backup_id}"));
-    for id in [&source_id, &restored_id] {
-        let (code, _, body) = api("DELETE", &format!("{volumes}/{id}"), &[]);
+    // Long tier only: the 1 GiB backup and its restore took 211–258 s and
+    // 106–126 s under TCG, more than CI's budget has left. CI checks
+    // cinder-backup up (boot 2's `apis` line) and the catalog's Swift.
+    let backup_times = (tier == Tier::Long).then(|| {
+        let source = send("POST", &volumes, r#"{"volume": {"name": "e2e-backup-source", "size": 1}}"#, 202);
+        let source_id = source["volume"]["id"].as_str().unwrap().to_owned();
+        wait_status(&format!("{volumes}/{source_id}"), "volume", "available", &["creating"]);
+        let backup = send("POST", &backups, &format!(r#"{{"backup": {{"name": "e2e-backup", "volume_id": "{source_id}"}}}}"#), 202);
+        let backup_id = backup["backup"]["id"].as_str().unwrap().to_owned();
+        let backed_up = wait_status(&format!("{backups}/{backup_id}"), "backup", "available", &["creating"]);
+        let restore = send("POST", &format!("{backups}/{backup_id}/restore"), r#"{"restore": {"name": "e2e-restored"}}"#, 202);
+        let restored_id = restore["restore"]["volume_id"].as_str().unwrap_or_else(|| panic!("{restore:#}")).to_owned();
+        let restored = wait_status(&format!("{volumes}/{restored_id}"), "volume", "available", &["creating", "restoring-backup"]);
+        let (code, _, body) = api("DELETE", &format!("{backups}/{backup_id}"), &[]);
         assert_eq!(code, 202, "{body}");
-        wait_gone(&format!("{volumes}/{id}"));
-    }
+        wait_gone(&format!("{backups}/{backup_id}"));
+        for id in [&source_id, &restored_id] {
+            let (code, _, body) = api("DELETE", &format!("{volumes}/{id}"), &[]);
+            assert_eq!(code, 202, "{body}");
+            wait_gone(&format!("{volumes}/{id}"));
+        }
+        (backed_up, restored)
+    });
 
     // scs-0123: objects through S3 with EC2 credentials from Keystone, with
     // a stock client; the buckets are the project's Swift containers.
@@ -504,7 +563,8 @@ fn run(tier: Tier) {
     let containers: std::collections::BTreeSet<String> =
         containers.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_owned()).filter(|c| !c.ends_with("+segments")).collect();
     assert_eq!(buckets, containers, "S3's buckets are the project's Swift containers");
-    assert!(buckets.contains("e2e-bucket") && buckets.contains("volumebackups"), "the bucket, and the backups' container: {buckets:?}");
+    assert!(buckets.contains("e2e-bucket"), "{buckets:?}");
+    assert_eq!(buckets.contains("volumebackups"), backup_times.is_some(), "the backups' container, after a backup: {buckets:?}");
     s3(&["del", "s3://e2e-bucket/object.bin"]);
     s3(&["rb", "s3://e2e-bucket"]);
 
@@ -728,13 +788,15 @@ fn run(tier: Tier) {
     if let Some((_, _, active, up)) = launched {
         eprintln!("iaas: server e2e-server ACTIVE {:.0} s after the request, its console marker at {:.0} s", active.as_secs_f64(), up.as_secs_f64());
     }
-    eprintln!("iaas: power-on to the keystone step {:.0} s; resumed boot to ready {:.0} s", reached_keystone.as_secs_f64(), second.as_secs_f64());
+    eprintln!("iaas: power-on to the keystone step {:.0} s; resumed boot to ready {:.0} s; guest kernel panics survived: {panics}", reached_keystone.as_secs_f64(), second.as_secs_f64());
     if let Some(third) = third {
         eprintln!("iaas: third boot (power cut at ready) to a member's token {:.0} s", third.as_secs_f64());
     }
     let mib = object_data.len() as f64 / f64::from(1 << 20);
     eprintln!("iaas: S3 through the front end, 32 MiB object: PUT {:.1} MiB/s, GET {:.1} MiB/s", mib / put.as_secs_f64(), mib / got.as_secs_f64());
-    eprintln!("iaas: 1 GiB volume backed up in {:.0} s, restored in {:.0} s", backed_up.as_secs_f64(), restored.as_secs_f64());
+    if let Some((backed_up, restored)) = backup_times {
+        eprintln!("iaas: 1 GiB volume backed up in {:.0} s, restored in {:.0} s", backed_up.as_secs_f64(), restored.as_secs_f64());
+    }
     if let Some((lb_ready, lb_built)) = lb_times {
         eprintln!("iaas: load balancer ACTIVE {:.0} s after the request; with listener, pool and member {:.0} s", lb_ready.as_secs_f64(), lb_built.as_secs_f64());
     }
