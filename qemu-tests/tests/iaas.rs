@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 /// Boot 2 (resumed at Keystone) to ready measured ~1060 s under TCG on an
 /// otherwise idle host before object storage, load balancing, backups and
-/// the key manager joined; ~1780 s with them (2026-12-02, 2 host cores).
+/// the key manager joined; 1160–1210 s with them, 1780 s with the host
+/// also compiling (2026-12-02, 2 host cores).
 const FIRST_BOOT_TIMEOUT: Duration = Duration::from_secs(2700);
 
 /// Guest kernel panics a run may survive: QEMU 7.2's multi-threaded TCG

@@ -41,9 +41,9 @@ impl Identity {
         Ok(expect(request(&self.addr, method, path, Some(&self.token), body)?, what, ok)?.body)
     }
 
-    /// What Keystone holds now, listed once: the step below then looks
+    /// What Keystone holds now, listed once: the identity step then looks
     /// up every name locally instead of one GET per entity (under TCG each
-    /// request costs a second or two of Keystone's single process).
+    /// request costs a Keystone process a second or two).
     pub fn directory(&self) -> Result<Directory<'_>> {
         let list = |path: &str, key: &str| -> Result<Vec<Value>> {
             let v = self.call("GET", path, None, &format!("listing {key}"), &[200])?;
