@@ -330,6 +330,11 @@ impl Step<Ctx> for FrontendStep {
         let pem = pki_of(ctx).server_pem().display().to_string();
         crate::atomic::write_atomic(&ctx.root.join(frontend::CONF), frontend::haproxy_cfg(&pem, catalog::APIS).as_bytes())?;
         service::start(&["haproxy"], true)?;
+        // Keystone first, on loopback, with an API's patience: resumed after
+        // a crash, every configured service restarts at once, and under TCG
+        // Keystone then took over 60 s to answer behind a front end that
+        // was up (two attempts in a row failed so in the e2e, 2026-12-02).
+        service::wait_http(&format!("{}{}", catalog::KEYSTONE.internal_url(), catalog::KEYSTONE.probe), None, catalog::KEYSTONE.unit, API_TIMEOUT)?;
         service::wait_http(&local_url(&catalog::KEYSTONE), None, "haproxy", Duration::from_secs(60))?;
         let e = endpoints(ctx)?;
         println!("ciab-firstboot: frontend: identity API on {}", catalog::KEYSTONE.public_url(&e));
