@@ -84,9 +84,9 @@ impl Step<Ctx> for CinderStep {
         let ini = Uwsgi::api("cinder-api", BLOCK_STORAGE.bind, "/usr/bin/cinder-wsgi", "cinder", cp.workers.cinder_api);
         // The daemons read the API's file.
         install_api(ctx, &BLOCK_STORAGE, &ini, (cinder::CONF, conf.render()), &[])?;
+        took("configuration");
         // One systemd reload for the iSCSI units, the API and the daemons;
         // tgt and iscsid are awaited (a failure names them), the rest not.
-        took("configuration");
         service::enable(&[ISCSI_UNITS, &[BLOCK_STORAGE.unit], CINDER_DAEMONS].concat())?;
         took("systemd enable");
         service::start(ISCSI_UNITS, false)?;
