@@ -64,25 +64,18 @@ pub fn start_in_background(units: &[&str]) -> Result<()> {
     systemctl(&args).map(|_| ())
 }
 
-/// What each of `units` holds in memory now (systemd's `MemoryCurrent`,
-/// its cgroup's charge, page cache included), MiB, largest first; units
-/// systemd does not account are left out.
-pub fn memory_mib(units: &[&str]) -> Vec<(String, u64)> {
-    accounted(units, "MemoryCurrent", 1 << 20)
-}
-
-/// The CPU time each of `units` has used since it last started (systemd's
-/// `CPUUsageNSec`), seconds, largest first: where first boot's time went,
-/// under TCG mostly Python starting up.
-pub fn cpu_seconds(units: &[&str]) -> Vec<(String, u64)> {
-    accounted(units, "CPUUsageNSec", 1_000_000_000)
-}
-
-fn accounted(units: &[&str], property: &str, unit_size: u64) -> Vec<(String, u64)> {
-    let prop = format!("--property=Id,{property}");
+/// What systemd accounts to each of `units`, from one `systemctl show`:
+/// for each of `properties` (name, divisor, e.g. `("MemoryCurrent", 1 << 20)`
+/// for MiB of its cgroup's charge, `("CPUUsageNSec", 1_000_000_000)` for
+/// seconds of CPU since it started) the units' values, largest first; units
+/// systemd does not account for a property are left out of its list.
+pub fn accounting(units: &[&str], properties: &[(&str, u64)]) -> Vec<Vec<(String, u64)>> {
+    let names: Vec<&str> = properties.iter().map(|(name, _)| *name).collect();
+    let prop = format!("--property=Id,{}", names.join(","));
     let mut args = vec!["show", prop.as_str()];
     args.extend_from_slice(units);
-    systemctl(&args).map(|out| parse_accounting(&out, property, unit_size)).unwrap_or_default()
+    let out = systemctl(&args).unwrap_or_default();
+    properties.iter().map(|(name, divisor)| parse_accounting(&out, name, *divisor)).collect()
 }
 
 fn parse_accounting(show: &str, property: &str, unit_size: u64) -> Vec<(String, u64)> {
