@@ -87,20 +87,23 @@ pub struct Directory<'a> {
     endpoints: Vec<Value>,
 }
 
-impl Directory<'_> {
-    fn create(&self, path: &str, kind: &str, body: Value, what: &str) -> Result<String> {
-        let v = self.identity.call("POST", path, Some(&body), what, &[201])?;
-        v[kind]["id"].as_str().map(str::to_owned).with_context(|| format!("Keystone returned no {kind} id ({what})"))
+/// The id under `key` in `known`, or the id of the `kind` Keystone creates
+/// at `path` from `body`, then known too.
+fn find_or_create(identity: &Identity, known: &mut HashMap<String, String>, key: &str, path: &str, kind: &str, body: Value, what: &str) -> Result<String> {
+    if let Some(id) = known.get(key) {
+        return Ok(id.clone());
     }
+    let v = identity.call("POST", path, Some(&body), what, &[201])?;
+    let id = v[kind]["id"].as_str().map(str::to_owned).with_context(|| format!("Keystone returned no {kind} id ({what})"))?;
+    known.insert(key.to_owned(), id.clone());
+    Ok(id)
+}
 
+impl Directory<'_> {
     /// The project `name` in the Default domain, created if missing.
     pub fn ensure_project(&mut self, name: &str, description: &str) -> Result<String> {
-        if let Some(id) = self.projects.get(name) {
-            return Ok(id.clone());
-        }
-        let id = self.create("/v3/projects", "project", json!({"project": {"name": name, "domain_id": "default", "description": description, "enabled": true}}), &format!("creating project {name}"))?;
-        self.projects.insert(name.to_owned(), id.clone());
-        Ok(id)
+        let body = json!({"project": {"name": name, "domain_id": "default", "description": description, "enabled": true}});
+        find_or_create(self.identity, &mut self.projects, name, "/v3/projects", "project", body, &format!("creating project {name}"))
     }
 
     /// The user `name` in the Default domain with `password`: created if
@@ -112,19 +115,12 @@ impl Directory<'_> {
             return Ok(id.clone());
         }
         let body = json!({"user": {"name": name, "domain_id": "default", "password": password, "default_project_id": default_project, "enabled": true}});
-        let id = self.create("/v3/users", "user", body, &format!("creating user {name}"))?;
-        self.users.insert(name.to_owned(), id.clone());
-        Ok(id)
+        find_or_create(self.identity, &mut self.users, name, "/v3/users", "user", body, &format!("creating user {name}"))
     }
 
     /// The role `name`, created if missing (bootstrap makes admin, member and reader).
     pub fn ensure_role(&mut self, name: &str) -> Result<String> {
-        if let Some(id) = self.roles.get(name) {
-            return Ok(id.clone());
-        }
-        let id = self.create("/v3/roles", "role", json!({"role": {"name": name}}), &format!("creating role {name}"))?;
-        self.roles.insert(name.to_owned(), id.clone());
-        Ok(id)
+        find_or_create(self.identity, &mut self.roles, name, "/v3/roles", "role", json!({"role": {"name": name}}), &format!("creating role {name}"))
     }
 
     /// Grants `role` on `project` to `user` (a no-op when already granted).
@@ -134,13 +130,8 @@ impl Directory<'_> {
 
     /// The catalog's service of type `kind`, created if missing.
     pub fn ensure_service(&mut self, kind: &str, name: &str, description: &str) -> Result<String> {
-        if let Some(id) = self.services.get(kind) {
-            return Ok(id.clone());
-        }
         let body = json!({"service": {"type": kind, "name": name, "description": description, "enabled": true}});
-        let id = self.create("/v3/services", "service", body, &format!("creating the {kind} service"))?;
-        self.services.insert(kind.to_owned(), id.clone());
-        Ok(id)
+        find_or_create(self.identity, &mut self.services, kind, "/v3/services", "service", body, &format!("creating the {kind} service"))
     }
 
     /// The service's endpoint on `interface` in `region` at `url`: created
