@@ -20,17 +20,20 @@ pub fn work_dir() -> PathBuf {
     repo_root().join("target/qemu-tests")
 }
 
-/// Builds `package` (release) with the cargo running the tests and returns
-/// the path of its binary `bin`.
-fn cargo_build(package: &str, bin: &str) -> Result<PathBuf> {
+/// Builds ciab's binaries (release) with the cargo running the tests and
+/// returns the path of `bin`. Both binaries' packages are always built
+/// together, as `./ciab` builds them: cargo resolves the dependencies'
+/// features per selection, so building one alone would compile a second
+/// copy of the shared crates (and of the binary) beside `./ciab`'s.
+fn cargo_build(bin: &str) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args(["build", "--release", "-p", package])
+        .args(["build", "--release", "--locked", "-p", "ciab-builder", "-p", "ciab-firstboot"])
         .current_dir(repo_root())
         .status()
-        .with_context(|| format!("running cargo build -p {package}"))?;
+        .context("running cargo build -p ciab-builder -p ciab-firstboot")?;
     if !status.success() {
-        bail!("cargo build -p {package} failed");
+        bail!("cargo build -p ciab-builder -p ciab-firstboot failed");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
     Ok(target.join("release").join(bin))
@@ -42,14 +45,14 @@ pub fn firstboot_bin() -> Result<PathBuf> {
     if let Some(p) = BIN.get() {
         return Ok(p.clone());
     }
-    let bin = cargo_build("ciab-firstboot", "ciab-firstboot")?;
+    let bin = cargo_build("ciab-firstboot")?;
     let _ = BIN.set(bin.clone());
     Ok(bin)
 }
 
 /// The `ciab` binary.
 pub fn ciab_bin() -> Result<PathBuf> {
-    cargo_build("ciab-builder", "ciab")
+    cargo_build("ciab")
 }
 
 /// The signing key of this test run (created once).
