@@ -26,6 +26,7 @@ pub mod service_steps;
 pub mod uwsgi;
 pub mod volume_steps;
 pub mod keys;
+pub mod laps;
 pub mod pki;
 pub mod rest;
 pub mod scs;

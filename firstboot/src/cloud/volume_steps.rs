@@ -55,14 +55,9 @@ impl Step<Ctx> for CinderStep {
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let cp = ctx.plan()?.control_plane.context("a cloud profile's plan has a control plane")?;
         // The slowest of the service steps under TCG: say where its time goes.
-        let mut timings = Vec::new();
-        let mut lap = std::time::Instant::now();
-        let mut took = |what: &str| {
-            timings.push(format!("{what} {:.0} s", lap.elapsed().as_secs_f64()));
-            lap = std::time::Instant::now();
-        };
+        let mut laps = super::laps::Laps::start();
         let lv = Self::ensure_thin_pool()?;
-        took("thin pool");
+        laps.mark("thin pool");
         let site = ctx.site()?;
         let my_ip = addresses(ctx)?.first().map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1".into());
         let endpoints = endpoints(ctx)?;
@@ -84,17 +79,17 @@ impl Step<Ctx> for CinderStep {
         let ini = Uwsgi::api("cinder-api", BLOCK_STORAGE.bind, "/usr/bin/cinder-wsgi", "cinder", cp.workers.cinder_api);
         // The daemons read the API's file.
         install_api(ctx, &BLOCK_STORAGE, &ini, (cinder::CONF, conf.render()), &[])?;
-        took("configuration");
+        laps.mark("configuration");
         // One systemd reload for the iSCSI units, the API and the daemons;
         // tgt and iscsid are awaited (a failure names them), the rest not.
         service::enable(&[ISCSI_UNITS, &[BLOCK_STORAGE.unit], CINDER_DAEMONS].concat())?;
-        took("systemd enable");
+        laps.mark("systemd enable");
         service::start(ISCSI_UNITS, false)?;
-        took("tgt and iscsid");
+        laps.mark("tgt and iscsid");
         launch_api(ctx, &BLOCK_STORAGE, &ini, CINDER_DAEMONS)?;
-        took("starting the API and daemons");
+        laps.mark("starting the API and daemons");
         println!("ciab-firstboot: cinder: thin pool {lv}, tgt and iscsid up; {} starting", CINDER_DAEMONS.join(", "));
-        println!("ciab-firstboot: cinder: took {}", timings.join(", "));
+        println!("ciab-firstboot: cinder: took {}", laps.summary());
         Ok(())
     }
 }
