@@ -5,7 +5,7 @@
 use super::ini::Ini;
 use crate::plan::ControlPlane;
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The server's socket, where root logs in by unix_socket authentication.
 pub const SOCKET: &str = "/run/mysqld/mysqld.sock";
@@ -117,6 +117,48 @@ pub fn source(database: Option<&str>, file: &Path) -> Result<()> {
         cmd = cmd.arg(format!("--database={db}"));
     }
     cmd.arg("-e").arg(format!("source {}", file.display())).run().map(|_| ())
+}
+
+/// One schema dump to load into its (existing, empty) database, and the
+/// stamp that says it is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Load {
+    pub database: &'static str,
+    pub schema: PathBuf,
+    pub stamp: PathBuf,
+}
+
+/// Loads `loads`, `parallel` at a time, largest dump first (the longest
+/// load starts first, so the last one to finish is a small one); each
+/// load's stamp is written as soon as it is in, so a power cut repeats only
+/// the loads that were under way.
+pub fn load_schemas(mut loads: Vec<Load>, parallel: usize) -> Result<()> {
+    let size = |l: &Load| std::fs::metadata(&l.schema).map(|m| m.len()).unwrap_or(0);
+    loads.sort_by_key(|l| std::cmp::Reverse(size(l)));
+    let queue = std::sync::Mutex::new(loads.into_iter());
+    let next = || queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..parallel.max(1))
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    while let Some(load) = next() {
+                        let t0 = std::time::Instant::now();
+                        source(Some(load.database), &load.schema).with_context(|| format!("loading {} into database {}", load.schema.display(), load.database))?;
+                        if let Some(dir) = load.stamp.parent() {
+                            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                        }
+                        crate::atomic::write_atomic(&load.stamp, b"")?;
+                        println!("ciab-firstboot: database: {} loaded in {:.1} s", load.database, t0.elapsed().as_secs_f64());
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        // Every worker is joined (a failed one stops taking work, the others
+        // finish theirs); the first error is the step's.
+        let results: Vec<Result<()>> = workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a schema load panicked")))).collect();
+        results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+    })
 }
 
 /// The rows of a query without secrets in it (it goes on the command line),
