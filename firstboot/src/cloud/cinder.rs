@@ -21,6 +21,10 @@ pub fn thin_pool(vg: &str) -> String {
 /// Where the LVM driver writes tgt's target files (tgt includes them).
 pub const VOLUMES_DIR: &str = "/var/lib/cinder/volumes";
 
+/// How often the volume and backup services ask their backends for free
+/// space (Cinder's default: 60 s).
+pub const STATS_POLLING_SECS: u32 = 300;
+
 /// What cinder.conf is rendered from.
 #[derive(Debug, Clone)]
 pub struct CinderConf<'a> {
@@ -62,7 +66,13 @@ pub fn conf(c: &CinderConf) -> Ini {
         .set("DEFAULT", "backup_driver", "cinder.backup.drivers.swift.SwiftBackupDriver")
         .set("DEFAULT", "backup_swift_auth", "per_user")
         // The project id is appended: Swift's proxy on loopback.
-        .set("DEFAULT", "backup_swift_url", format!("{}/v1/AUTH_", OBJECT_STORE.internal_url()));
+        .set("DEFAULT", "backup_swift_url", format!("{}/v1/AUTH_", OBJECT_STORE.internal_url()))
+        // Each poll runs LVM through `sudo cinder-rootwrap`, a Python process
+        // per command, and cinder-volume was the box's busiest service at
+        // ready under TCG (263 s of CPU, polling each minute, the default).
+        // Between polls the scheduler counts what it places itself.
+        .set("DEFAULT", "backend_stats_polling_interval", STATS_POLLING_SECS)
+        .set("DEFAULT", "backup_driver_stats_polling_interval", STATS_POLLING_SECS);
     super::database::oslo_db(&mut ini, "database", &c.db_url, c.pool);
     keystone::authtoken(&mut ini, c.endpoints, BLOCK_STORAGE.name, c.service_password);
     keystone::service_auth(&mut ini, "nova", BLOCK_STORAGE.name, c.service_password);
@@ -112,6 +122,8 @@ mod tests {
         assert_eq!(ini.get("nova", "interface"), Some("internal"));
         assert_eq!(ini.get("DEFAULT", "backup_swift_url"), Some("http://127.0.0.1:8888/v1/AUTH_"));
         assert_eq!(ini.get("DEFAULT", "backup_swift_auth"), Some("per_user"));
+        assert_eq!(ini.get("DEFAULT", "backend_stats_polling_interval"), Some("300"));
+        assert_eq!(ini.get("DEFAULT", "backup_driver_stats_polling_interval"), Some("300"));
         assert_eq!(thin_pool("ciab"), "ciab-pool");
         let dropin = backup_dropin();
         assert!(dropin.contains("After=swift-proxy.service\n") && dropin.contains("curl -sf -o /dev/null http://127.0.0.1:8888/healthcheck"), "{dropin}");
