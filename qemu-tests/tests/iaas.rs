@@ -291,6 +291,8 @@ fn run(tier: Tier) {
     };
     let third = (tier == Tier::Long).then(|| t2.elapsed());
     let checks = Instant::now();
+    // Where the checks' time goes, printed at the end: (what, when it began).
+    let mut laps: Vec<(&str, Instant)> = vec![("token, catalog and image", checks)];
     assert!(headers.to_ascii_lowercase().contains("x-subject-token: g"), "a Fernet token: {headers}");
     let token: serde_json::Value = serde_json::from_str(&body).unwrap();
     let roles: Vec<&str> = token["token"]["roles"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
@@ -367,6 +369,7 @@ fn run(tier: Tier) {
     let (code, _, body) = api("DELETE", &format!("/image/v2/images/{id}"), &[]);
     assert_eq!(code, 204, "{body}");
 
+    laps.push(("network and router", Instant::now()));
     // The member builds a tenant network routed to the external network,
     // boots the box's own guest image on it, attaches a volume, takes a
     // floating IP, and then removes it all again.
@@ -406,6 +409,7 @@ fn run(tier: Tier) {
     assert!(gateway_ip.starts_with("172.24.4."), "{router:#}");
     send("PUT", &format!("/network/v2.0/routers/{router_id}/add_router_interface"), &format!(r#"{{"subnet_id": "{subnet_id}"}}"#), 200);
 
+    laps.push(("flavors, groups, volume types, images", Instant::now()));
     // scs-0103: each of the 15 mandatory flavors, visible to the member,
     // against the standard's table (vCPUs, RAM, disk, scs: extra specs).
     let flavors = get("/compute/v2.1/flavors/detail");
@@ -467,6 +471,7 @@ fn run(tier: Tier) {
         assert!(ubuntu["ciab_stand_in"].is_string() && ubuntu["image_description"].as_str().unwrap_or_default().starts_with("STAND-IN"), "{ubuntu:#}");
     }
 
+    laps.push(("secret and backup", Instant::now()));
     // scs-0116: the member keeps a secret in Barbican, reads it back and deletes it.
     let secret = send("POST", "/key-manager/v1/secrets", r#"{"name": "e2e-secret", "payload": "ciab-e2e-payload", "payload_content_type": "text/plain", "secret_type": "opaque"}"#, 201);
     let secret_ref = secret["secret_ref"].as_str().unwrap_or_else(|| panic!("{secret:#}")).to_owned();
@@ -529,6 +534,7 @@ fn run(tier: Tier) {
         (backed_up, restored)
     });
 
+    laps.push(("S3", Instant::now()));
     // scs-0123: objects through S3 with EC2 credentials from Keystone, with
     // a stock client; the buckets are the project's Swift containers.
     let ec2 = send("POST", &format!("/identity/v3/users/{user_id}/credentials/OS-EC2"), &format!(r#"{{"tenant_id": "{project_id}"}}"#), 201);
@@ -569,6 +575,7 @@ fn run(tier: Tier) {
     s3(&["del", "s3://e2e-bucket/object.bin"]);
     s3(&["rb", "s3://e2e-bucket"]);
 
+    laps.push(("server and volume", Instant::now()));
     // The long tier also boots the guest image as a server, attaches a
     // volume to it and puts the floating IP on its port.
     let mut launched: Option<(String, String, Duration, Duration)> = None;
@@ -635,6 +642,7 @@ fn run(tier: Tier) {
         launched = Some((server_id, volume_id, active, up));
     }
 
+    laps.push(("load balancer", Instant::now()));
     // scs-0123: a load balancer (OVN's provider, the default) on the
     // member's subnet: a TCP listener, a pool and a member — the server's
     // web page when there is a server. (Reaching the VIP needs a client on
@@ -689,6 +697,7 @@ fn run(tier: Tier) {
     lb_times = Some((lb_ready, lb_built));
     }
 
+    laps.push(("floating IP and clean-up", Instant::now()));
     // A floating IP from the external network, on the server's port when there is one.
     let port_id = launched.as_ref().map(|(server_id, ..)| {
         let ports = get(&format!("/network/v2.0/ports?device_id={server_id}"));
@@ -758,6 +767,7 @@ fn run(tier: Tier) {
         std::thread::sleep(Duration::from_secs(3));
     }
 
+    laps.push(("Horizon login", Instant::now()));
     // Horizon, through the front end as a browser would: the login page,
     // the member's login (Django's CSRF check against the forwarded
     // https origin), and the project's overview in the session.
@@ -801,5 +811,7 @@ fn run(tier: Tier) {
     if let Some((lb_ready, lb_built)) = lb_times {
         eprintln!("iaas: load balancer ACTIVE {:.0} s after the request; with listener, pool and member {:.0} s", lb_ready.as_secs_f64(), lb_built.as_secs_f64());
     }
-    eprintln!("iaas: the member's checks took {:.0} s", checks.elapsed().as_secs_f64());
+    laps.push(("", Instant::now()));
+    let laps: Vec<String> = laps.windows(2).map(|w| format!("{} {:.0} s", w[0].0, (w[1].1 - w[0].1).as_secs_f64())).collect();
+    eprintln!("iaas: the member's checks took {:.0} s: {}", checks.elapsed().as_secs_f64(), laps.join(", "));
 }
