@@ -75,21 +75,64 @@ fn initramfs_hook(modules: &[String]) -> String {
 fn build(ctx: &Context, out: &Path) -> Result<()> {
     let spec = ctx.spec;
     let tree = out.join("tree");
-    let debs = ctx.cache.debs_dir();
-    fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
     let hook_dir = out.join("hooks");
     fs::create_dir_all(&hook_dir)?;
     let hook = hook_dir.join("ciab-modules");
     fs::write(&hook, initramfs_hook(&spec.boot.initrd_modules))?;
     let q = |p: &Path| crate::exec::shell_quote(&p.to_string_lossy());
+    let essential = vec![
+        "mkdir -p \"$1\"/etc/initramfs-tools/conf.d \"$1\"/etc/initramfs-tools/hooks".to_owned(),
+        "printf 'MODULES=list\\nCOMPRESS=zstd\\n' > \"$1\"/etc/initramfs-tools/conf.d/ciab.conf".to_owned(),
+        format!("install -m 0755 {} \"$1\"/etc/initramfs-tools/hooks/ciab-modules", q(&hook)),
+    ];
+    let mut customize = Vec::new();
+    for (i, script) in spec.post_install.iter().enumerate() {
+        let name = format!("/tmp/ciab-post-install-{i}");
+        tracing::info!("post-install script {}", script.display());
+        customize.push(format!("upload {} {name}", q(script)));
+        customize.push(format!("chroot \"$1\" /bin/sh -eu {name} && rm -f \"$1\"{name}"));
+    }
+    tracing::info!("mmdebstrap {} ({} packages requested)", spec.debian.suite, spec.packages.len());
+    mmdebstrap(ctx, &Debootstrap { variant: &spec.debian.variant, packages: &spec.packages, essential_hooks: &essential, customize_hooks: &customize }, &tree)?;
 
+    let packages = installed_packages(&tree)?;
+    fs::write(out.join("packages.json"), serde_json::to_vec_pretty(&packages)?)?;
+    let kernel = kernel_release(&tree)?;
+    fs::write(out.join("kernel"), &kernel)?;
+    let size = crate::tree::disk_usage(&tree)?;
+    fs::write(out.join("size"), size.to_string())?;
+    Ok(())
+}
+
+/// What a tree of the spec's Debian suite is made of, beyond what every
+/// tree shares.
+pub struct Debootstrap<'a> {
+    pub variant: &'a str,
+    pub packages: &'a [String],
+    /// mmdebstrap `--essential-hook`s: after the essential packages, before
+    /// the rest (configuration the rest's postinsts read).
+    pub essential_hooks: &'a [String],
+    /// mmdebstrap `--customize-hook`s: on the finished tree.
+    pub customize_hooks: &'a [String],
+}
+
+/// Runs mmdebstrap of the spec's suite into the directory `tree`, the way
+/// every tree ciab makes is made: .deb files synced in from and out to the
+/// cache's `debs/` (a cold tree downloads nothing it has seen), no
+/// documentation but the copyright files, nothing that records when it ran,
+/// and every mtime clamped to the spec's epoch.
+pub fn mmdebstrap(ctx: &Context, d: &Debootstrap, tree: &Path) -> Result<()> {
+    let spec = ctx.spec;
+    let debs = ctx.cache.debs_dir();
+    fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
+    let q = |p: &Path| crate::exec::shell_quote(&p.to_string_lossy());
     let mut cmd = Cmd::new("mmdebstrap")
         .package("mmdebstrap")
         .env("SOURCE_DATE_EPOCH", spec.source_date_epoch.to_string())
         .arg("--mode=root")
-        .arg(format!("--variant={}", spec.debian.variant))
+        .arg(format!("--variant={}", d.variant))
         .arg("--format=directory")
-        .arg(format!("--include={}", spec.packages.join(",")))
+        .arg(format!("--include={}", d.packages.join(",")))
         // Documentation and translations are dead weight on an appliance;
         // copyright files stay for license compliance.
         .arg("--dpkgopt=path-exclude=/usr/share/man/*")
@@ -99,18 +142,15 @@ fn build(ctx: &Context, out: &Path) -> Result<()> {
         .arg("--skip=download/empty")
         .arg("--skip=essential/unlink")
         .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/")
-        .arg(format!("--setup-hook=sync-in {} /var/cache/apt/archives/", q(&debs)))
-        .arg("--essential-hook=mkdir -p \"$1\"/etc/initramfs-tools/conf.d \"$1\"/etc/initramfs-tools/hooks")
-        .arg("--essential-hook=printf 'MODULES=list\\nCOMPRESS=zstd\\n' > \"$1\"/etc/initramfs-tools/conf.d/ciab.conf")
-        .arg(format!("--essential-hook=install -m 0755 {} \"$1\"/etc/initramfs-tools/hooks/ciab-modules", q(&hook)))
+        .arg(format!("--setup-hook=sync-in {} /var/cache/apt/archives/", q(&debs)));
+    for hook in d.essential_hooks {
+        cmd = cmd.arg(format!("--essential-hook={hook}"));
+    }
+    cmd = cmd
         .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {}", q(&debs)))
         .arg("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb \"$1\"/var/cache/apt/archives/partial");
-    for (i, script) in spec.post_install.iter().enumerate() {
-        let name = format!("/tmp/ciab-post-install-{i}");
-        tracing::info!("post-install script {}", script.display());
-        cmd = cmd
-            .arg(format!("--customize-hook=upload {} {name}", q(script)))
-            .arg(format!("--customize-hook=chroot \"$1\" /bin/sh -eu {name} && rm -f \"$1\"{name}"));
+    for hook in d.customize_hooks {
+        cmd = cmd.arg(format!("--customize-hook={hook}"));
     }
     cmd = cmd
         // apt leaves its partial directories owned by root or by _apt depending
@@ -119,23 +159,14 @@ fn build(ctx: &Context, out: &Path) -> Result<()> {
         // Logs and caches that record when, not what.
         .arg("--customize-hook=rm -rf \"$1\"/var/log/dpkg.log \"$1\"/var/log/alternatives.log \"$1\"/var/log/apt \"$1\"/var/cache/ldconfig/aux-cache \"$1\"/var/lib/dpkg/*-old \"$1\"/etc/*- \"$1\"/var/lib/apt/lists/*_* \"$1\"/var/cache/debconf/*-old")
         .arg(&spec.debian.suite)
-        .arg(&tree);
+        .arg(tree);
     for line in ctx.sources.lines(&spec.debian.suite, &spec.debian.components) {
         cmd = cmd.arg(line);
     }
-    tracing::info!("mmdebstrap {} ({} packages requested)", spec.debian.suite, spec.packages.len());
     cmd.run().map_err(explain_mmdebstrap_error)?;
-
     // The host cache keeps only .deb files.
     crate::cache::remove_dir_all_if_exists(&debs.join("partial"))?;
-    crate::tree::clamp_mtimes(&tree, spec.source_date_epoch)?;
-    let packages = installed_packages(&tree)?;
-    fs::write(out.join("packages.json"), serde_json::to_vec_pretty(&packages)?)?;
-    let kernel = kernel_release(&tree)?;
-    fs::write(out.join("kernel"), &kernel)?;
-    let size = crate::tree::disk_usage(&tree)?;
-    fs::write(out.join("size"), size.to_string())?;
-    Ok(())
+    crate::tree::clamp_mtimes(tree, spec.source_date_epoch)
 }
 
 /// mmdebstrap's output is long; the line that matters is apt's `E:` line.

@@ -71,23 +71,39 @@ fn make_ext4(ctx: &Context, tree: &Path, out: &Path) -> Result<()> {
             (used + used / 5 + 64 * MIB) / MIB
         );
     }
-    let epoch = ctx.epoch().to_string();
+    let fs = Ext4 { label: "root-a", uuid: ctx.ids.root_fs_uuid, hash_seed: ctx.ids.root_hash_seed, epoch: ctx.epoch() };
+    ext4_from_tree(&fs, tree, out, size_mib).context("building the root filesystem")
+}
+
+/// The identity of an ext4 file system ciab makes.
+pub struct Ext4<'a> {
+    pub label: &'a str,
+    pub uuid: uuid::Uuid,
+    pub hash_seed: uuid::Uuid,
+    /// Every inode's times.
+    pub epoch: i64,
+}
+
+/// `out`: an ext4 file system of `size_mib` holding `tree`, the same bytes
+/// from the same tree (mke2fs with fake time and fixed ids, then every
+/// inode's times normalized: mke2fs copies ctimes from the host).
+pub fn ext4_from_tree(fs: &Ext4, tree: &Path, out: &Path, size_mib: u64) -> Result<()> {
+    let epoch = fs.epoch.to_string();
     Cmd::new("mkfs.ext4")
         .package("e2fsprogs")
         .env("E2FSPROGS_FAKE_TIME", &epoch)
         .env("SOURCE_DATE_EPOCH", &epoch)
-        .args(["-q", "-F", "-t", "ext4", "-L", "root-a", "-m", "1"])
+        .args(["-q", "-F", "-t", "ext4", "-L", fs.label, "-m", "1"])
         .arg("-U")
-        .arg(ctx.ids.root_fs_uuid.to_string())
+        .arg(fs.uuid.to_string())
         .arg("-E")
-        .arg(format!("hash_seed={},lazy_itable_init=1", ctx.ids.root_hash_seed))
+        .arg(format!("hash_seed={},lazy_itable_init=1", fs.hash_seed))
         .arg("-d")
         .arg(tree)
         .arg(out)
         .arg(format!("{size_mib}M"))
-        .run()
-        .context("building the root filesystem")?;
-    ext4_times::normalize_inode_times(out, u32::try_from(ctx.epoch()).context("source_date_epoch out of range")?)
+        .run()?;
+    ext4_times::normalize_inode_times(out, u32::try_from(fs.epoch).context("source_date_epoch out of range")?)
         .with_context(|| format!("normalizing inode times in {}", out.display()))?;
     Ok(())
 }
