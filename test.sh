@@ -32,6 +32,8 @@ command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 /usr/bin/python3 -c "import cryptography" 2>/dev/null || missing="$missing python3-cryptography"
 # The TLS front end's configuration is checked by HAProxy itself (haproxy -c).
 command -v haproxy >/dev/null 2>&1 || missing="$missing haproxy"
+# The Debian cloud image's e2e test logs in with a key pair over SSH.
+command -v ssh-keygen >/dev/null 2>&1 || missing="$missing openssh-client"
 # The IaaS e2e test's stock S3 client, against the box's object storage.
 command -v s3cmd >/dev/null 2>&1 || missing="$missing s3cmd"
 if [ -n "$missing" ]; then

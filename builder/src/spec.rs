@@ -174,7 +174,9 @@ pub struct GuestImageEntry {
     /// The image's name in Glance.
     pub name: toml::Spanned<String>,
     /// What the builder makes: `tiny` (the image's kernel and busybox, a
-    /// DHCP client and a console marker; for checking a cloud end to end).
+    /// DHCP client and a console marker; for checking a cloud end to end)
+    /// or `debian` (a generic cloud image of the spec's Debian suite with
+    /// cloud-init, for users' servers).
     pub build: Option<toml::Spanned<String>>,
     /// Where an upstream image comes from: `https://…`, `http://…`,
     /// `file:///…` or a path relative to the spec file.
@@ -306,6 +308,9 @@ pub struct ArtifactSpec {
 pub enum GuestBuild {
     /// `stages::guest`: kernel + busybox initramfs on a BIOS-bootable disk.
     Tiny,
+    /// `stages::debian_guest`: the spec's suite with cloud-init, from the
+    /// spec's mirror, on a BIOS-bootable disk.
+    Debian,
 }
 
 /// A guest disk image of the bundle: built or downloaded.
@@ -791,7 +796,8 @@ fn check_guest_image(loc: &Located, dir: &Path, i: usize, entry: &GuestImageEntr
             }
             match b.get_ref().as_str() {
                 "tiny" => (Some(GuestBuild::Tiny), None),
-                other => return Err(loc.err(b, &key("build"), format!("unknown build {other:?}, expected \"tiny\""))),
+                "debian" => (Some(GuestBuild::Debian), None),
+                other => return Err(loc.err(b, &key("build"), format!("unknown build {other:?}, expected \"tiny\" or \"debian\""))),
             }
         }
         (None, Some(u)) => {
@@ -808,7 +814,7 @@ fn check_guest_image(loc: &Located, dir: &Path, i: usize, entry: &GuestImageEntr
             let stand_in = entry.stand_in.as_ref().map(|s| s.get_ref().clone());
             (None, Some(GuestDownload { url, sha256, disk_format, stand_in }))
         }
-        _ => return Err(loc.err(&entry.name, &key("build"), "a guest image is either built (build = \"tiny\") or downloaded (url = …): give exactly one")),
+        _ => return Err(loc.err(&entry.name, &key("build"), "a guest image is either built (build = \"tiny\" or \"debian\") or downloaded (url = …): give exactly one")),
     };
     // scs-0104: a reserved name promises the upstream image.
     if let Some((_, prefixes)) = RESERVED_IMAGE_NAMES.iter().find(|(n, _)| n == name) {
@@ -1188,6 +1194,10 @@ root_mib = 4096
         assert_eq!(spec.guest_images[0].file_name(), "ciab-tiny.raw");
         assert!(spec.identity_json().unwrap().contains(r#"{"build":"tiny","name":"ciab-tiny"}"#), "a built image's identity is as before: {}", spec.identity_json().unwrap());
         assert!(spec.identity_json().unwrap().contains("guest_images"), "part of the image's identity");
+        // A Debian cloud image needs nothing from the image's own packages.
+        let debian = write(&dir.path(), "debian.toml", &guest("[[guest_images]]\nname = \"ciab Debian 13\"\nbuild = \"debian\"\n", ""));
+        let g = &Spec::load(&debian).unwrap().guest_images[0];
+        assert_eq!((g.build, g.file_name().as_str()), (Some(GuestBuild::Debian), "ciab-Debian-13.raw"));
         let none = write(&dir.path(), "none.toml", &guest("", "\"busybox-static\""));
         assert!(!Spec::load(&none).unwrap().identity_json().unwrap().contains("guest_images"), "absent when empty, so old specs keep their identity");
 
@@ -1195,6 +1205,7 @@ root_mib = 4096
             ("[[guest_images]]\nname = \"tiny\"\nbuild = \"huge\"\n", "\"busybox-static\"", "guest_images[0].build", "unknown build \"huge\", expected \"tiny\""),
             ("[[guest_images]]\nname = \"../x\"\nbuild = \"tiny\"\n", "\"busybox-static\"", "guest_images[0].name", "is not a usable image name"),
             ("[[guest_images]]\nname = \"Debian 13\"\nbuild = \"tiny\"\n", "\"busybox-static\"", "guest_images[0].name", "is reserved by scs-0104"),
+            ("[[guest_images]]\nname = \"Debian 13\"\nbuild = \"debian\"\n", "", "guest_images[0].name", "a builder-made image needs another name"),
             ("[[guest_images]]\nname = \"t\"\n", "\"busybox-static\"", "guest_images[0].build", "give exactly one"),
             ("[[guest_images]]\nname = \"t\"\nbuild = \"tiny\"\nsha256 = \"00\"\n", "\"busybox-static\"", "guest_images[0].sha256", "for downloaded images"),
             ("[[guest_images]]\nname = \"u\"\nurl = \"https://example.org/u.img\"\n", "", "guest_images[0].disk_format", "needs its disk_format"),

@@ -5,7 +5,8 @@
 //! - every artifact at its `dest`;
 //! - `guest-images/<name>.<format>`: the disk images first boot registers in
 //!   Glance: made by the builder (`stages::guest`, from the rootfs's kernel
-//!   and busybox) or downloaded like artifacts (upstream cloud images);
+//!   and busybox; `stages::debian_guest`, a Debian cloud image) or
+//!   downloaded like artifacts (upstream cloud images);
 //! - `bundle.json`: the index (image reference → digest, artifact → sha256).
 //!
 //! The stage key holds only pinned identities (digests, sha256s), so a
@@ -55,6 +56,9 @@ pub fn key(ctx: &Context, rootfs: &Rootfs) -> Result<String> {
             .add("rootfs", &rootfs.key)
             .add("grub-mkimage", ctx.tool("grub-mkimage"))
             .add("mkfs.vfat", ctx.tool("mkfs.vfat"));
+        for g in ctx.spec.guest_images.iter().filter(|g| g.build == Some(GuestBuild::Debian)) {
+            k.add(&format!("guest:{}", g.name), super::debian_guest::key(ctx, &g.name));
+        }
     }
     Ok(k.finish())
 }
@@ -114,7 +118,7 @@ fn add_guest_images(ctx: &Context, rootfs: &Rootfs, tree: &Path, work: &Path) ->
     for g in &ctx.spec.guest_images {
         let file = format!("{GUEST_IMAGES_DIR}/{}", g.file_name());
         let out = tree.join(&file);
-        let (disk_format, disk_bytes) = match (g.build, g.download_artifact()) {
+        let (disk_format, disk_bytes, made) = match (g.build, g.download_artifact()) {
             (Some(GuestBuild::Tiny), _) => {
                 let stem = g.name.replace(' ', "-");
                 super::guest::build(&super::guest::GuestInput {
@@ -126,13 +130,20 @@ fn add_guest_images(ctx: &Context, rootfs: &Rootfs, tree: &Path, work: &Path) ->
                     out: &out,
                 })
                 .with_context(|| format!("building guest image {}", g.name))?;
-                ("raw".to_owned(), std::fs::metadata(&out)?.len())
+                ("raw".to_owned(), std::fs::metadata(&out)?.len(), Made::Tiny { kernel: &rootfs.kernel })
+            }
+            (Some(GuestBuild::Debian), _) => {
+                let guest = super::debian_guest::build(ctx, &g.name).with_context(|| format!("building guest image {}", g.name))?;
+                if std::fs::hard_link(&guest.disk, &out).is_err() {
+                    std::fs::copy(&guest.disk, &out).with_context(|| format!("copying guest image {:?} into the bundle", g.name))?;
+                }
+                ("raw".to_owned(), std::fs::metadata(&out)?.len(), Made::Debian(guest))
             }
             (None, Some(artifact)) => {
                 let download = g.download.as_ref().context("a download")?;
                 fetch_guest_image(ctx, g, &artifact, &out)?;
                 let bytes = if download.disk_format == "qcow2" { qcow2_virtual_size(&out).with_context(|| format!("guest image {:?} ({})", g.name, download.url))? } else { std::fs::metadata(&out)?.len() };
-                (download.disk_format.clone(), bytes)
+                (download.disk_format.clone(), bytes, Made::Downloaded)
             }
             _ => bail!("guest image {:?} is neither built nor downloaded", g.name),
         };
@@ -145,8 +156,8 @@ fn add_guest_images(ctx: &Context, rootfs: &Rootfs, tree: &Path, work: &Path) ->
             disk_format,
             // The disk the image needs: its virtual size, whole GiB.
             min_disk_gib: disk_bytes.div_ceil(1 << 30),
-            min_ram_mib: g.min_ram_mib.unwrap_or(if g.build.is_some() { 128 } else { 512 }),
-            properties: guest_properties(ctx, g, &rootfs.kernel),
+            min_ram_mib: g.min_ram_mib.unwrap_or(if g.build == Some(GuestBuild::Tiny) { 128 } else { 512 }),
+            properties: guest_properties(ctx, g, &made),
         });
     }
     // Only built images use the scratch space.
@@ -193,11 +204,19 @@ fn qcow2_virtual_size(path: &Path) -> Result<u64> {
     Ok(u64::from_be_bytes(header[24..32].try_into()?))
 }
 
+/// How a guest image came to be, for its properties.
+enum Made<'a> {
+    /// From the image's own kernel (`kernel`) and busybox.
+    Tiny { kernel: &'a str },
+    Debian(super::debian_guest::DebianGuest),
+    Downloaded,
+}
+
 /// Glance properties of a guest image, in the vocabulary of SCS standard
 /// scs-0102 (image metadata), under the spec's own. A builder-made image is
-/// private (made here, not an upstream image), built from the image's own
-/// packages at the build's date; a downloaded one comes from its URL.
-fn guest_properties(ctx: &Context, g: &GuestImageSpec, kernel: &str) -> BTreeMap<String, String> {
+/// private (made here, not an upstream image), built from Debian packages
+/// at the build's date; a downloaded one comes from its URL.
+fn guest_properties(ctx: &Context, g: &GuestImageSpec, made: &Made) -> BTreeMap<String, String> {
     let mut p: BTreeMap<String, String> = [
         ("architecture", "x86_64"),
         ("hw_disk_bus", "virtio"),
@@ -212,10 +231,10 @@ fn guest_properties(ctx: &Context, g: &GuestImageSpec, kernel: &str) -> BTreeMap
     let mut set = |k: &str, v: String| {
         p.insert(k.to_owned(), v);
     };
-    match (g.build, &g.download) {
-        (Some(GuestBuild::Tiny), _) => {
+    match (made, &g.download) {
+        (Made::Tiny { kernel }, _) => {
             set("os_distro", "linux".into());
-            set("os_version", kernel.into());
+            set("os_version", (*kernel).into());
             set("os_purpose", "minimal".into());
             set("image_source", "private".into());
             set("image_description", format!("ciab's tiny test guest: Debian kernel {kernel} and busybox; takes an address by DHCP, serves a page on port 80, prints \"{}\" lines on its console", super::guest::MARKER));
@@ -223,7 +242,27 @@ fn guest_properties(ctx: &Context, g: &GuestImageSpec, kernel: &str) -> BTreeMap
             set("image_original_user", "none".into());
             set("replace_frequency", "never".into());
         }
-        (None, Some(d)) => {
+        (Made::Debian(guest), _) => {
+            set("os_distro", "debian".into());
+            set("os_version", guest.version.clone());
+            set("os_purpose", "generic".into());
+            set("image_source", "private".into());
+            set(
+                "image_description",
+                format!(
+                    "Debian {} ({}) generic cloud image, built by ciab from Debian packages: kernel {}, cloud-init (user {}, no password: log in with the key pair given at launch), OpenSSH, netplan",
+                    guest.version,
+                    guest.suite,
+                    guest.kernel,
+                    super::debian_guest::DEFAULT_USER
+                ),
+            );
+            set("image_build_date", build_date(ctx.epoch()));
+            set("image_original_user", super::debian_guest::DEFAULT_USER.into());
+            // Rebuilt with the box's image, not on a schedule of its own.
+            set("replace_frequency", "never".into());
+        }
+        (_, Some(d)) => {
             let upstream = d.url.starts_with("https://") || d.url.starts_with("http://");
             set("os_purpose", "generic".into());
             set("image_source", if upstream { d.url.clone() } else { "private".into() });

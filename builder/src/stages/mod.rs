@@ -5,6 +5,7 @@
 
 pub mod boot;
 pub mod bundle;
+pub mod debian_guest;
 pub mod disk;
 pub mod filesystems;
 pub mod formats;
