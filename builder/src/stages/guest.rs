@@ -244,10 +244,15 @@ pub fn write_bios_disk(d: &BiosDisk) -> Result<()> {
     let bios = Slot { role: PartitionRole::Bios, offset: MIB, size: MIB, part_uuid: d.ids.part_uuid(PartitionRole::Bios), attributes: 0 };
     let boot = Slot { role: PartitionRole::Esp, offset: 2 * MIB, size: d.boot_mib * MIB, part_uuid: d.ids.part_uuid(PartitionRole::Esp), attributes: 0 };
     let mut slots = vec![bios.clone(), boot.clone()];
-    if let Some(root) = d.root {
-        let size = std::fs::metadata(root).with_context(|| format!("reading {}", root.display()))?.len().div_ceil(MIB) * MIB;
-        slots.push(Slot { role: PartitionRole::RootA, offset: boot.offset + boot.size, size, part_uuid: d.ids.part_uuid(PartitionRole::RootA), attributes: 0 });
-    }
+    let root = match d.root {
+        Some(image) => {
+            let size = std::fs::metadata(image).with_context(|| format!("reading {}", image.display()))?.len().div_ceil(MIB) * MIB;
+            let slot = Slot { role: PartitionRole::RootA, offset: boot.offset + boot.size, size, part_uuid: d.ids.part_uuid(PartitionRole::RootA), attributes: 0 };
+            slots.push(slot.clone());
+            Some((image, slot))
+        }
+        None => None,
+    };
     let end = slots.last().map_or(0, |s| s.offset + s.size);
     // Room for the backup GPT.
     let layout = Layout { size: end + MIB, slots };
@@ -255,8 +260,8 @@ pub fn write_bios_disk(d: &BiosDisk) -> Result<()> {
     file.set_len(layout.size)?;
     disk::write_gpt(&mut file, &layout, d.ids.disk_guid)?;
     crate::blockmap::copy_sparse(&File::open(&fat)?, &file, boot.offset).context("copying the FAT partition into the guest disk")?;
-    if let (Some(root), Some(slot)) = (d.root, layout.slots.get(2)) {
-        crate::blockmap::copy_sparse(&File::open(root)?, &file, slot.offset).context("copying the root file system into the guest disk")?;
+    if let Some((image, slot)) = &root {
+        crate::blockmap::copy_sparse(&File::open(image)?, &file, slot.offset).context("copying the root file system into the guest disk")?;
     }
     grub_bios::install(&file, &boot_img, &core, bios.offset / disk::SECTOR, bios.size / disk::SECTOR).context("installing GRUB into the guest disk")?;
     file.sync_all()?;
