@@ -7,8 +7,9 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Version of `manifest.json`'s layout.
-pub const MANIFEST_SCHEMA: u32 = 3;
+/// Version of `manifest.json`'s layout. 4: a guest image the builder made
+/// from Debian lists its packages.
+pub const MANIFEST_SCHEMA: u32 = 4;
 /// File name of the manifest in an output directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// File name of the manifest's detached minisign signature.
@@ -268,6 +269,11 @@ pub struct BundleGuestImage {
     pub min_ram_mib: u64,
     /// Image properties (SCS standard scs-0102's and Nova's hints).
     pub properties: std::collections::BTreeMap<String, String>,
+    /// Every Debian package inside, when the builder made the image from
+    /// Debian (`build = "debian"`); a downloaded image is pinned by its
+    /// sha256 alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<PackageInfo>,
 }
 
 /// A file artifact in the bundle.

@@ -153,4 +153,18 @@ fn the_debian_cloud_image_boots_grows_its_root_and_takes_a_key_from_cloud_init()
     };
     let lines: Vec<&str> = login.lines().collect();
     assert!(lines.len() == 3 && lines[0] == "debian" && lines[1] == "root" && lines[2].starts_with("13."), "{login}");
+
+    // The index (and so the manifest and the SBOM) lists what the guest has.
+    let out = std::process::Command::new("ssh")
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-i"])
+        .arg(&key)
+        .args(["-p", &port.to_string(), "debian@127.0.0.1", "dpkg-query -W -f '${db:Status-Abbrev}${Package} ${Version}\\n'"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "dpkg-query in the guest: {}", String::from_utf8_lossy(&out.stderr));
+    let installed: std::collections::BTreeSet<String> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.strip_prefix("ii ")).map(str::to_owned).collect();
+    let listed: std::collections::BTreeSet<String> = image.packages.iter().map(|p| format!("{} {}", p.name, p.version)).collect();
+    assert!(listed.iter().any(|p| p.starts_with("cloud-init ")) && listed.iter().any(|p| p.starts_with("linux-image-")), "{listed:#?}");
+    assert_eq!(listed, installed, "the bundle index lists exactly the guest's installed packages");
 }

@@ -158,6 +158,10 @@ fn add_guest_images(ctx: &Context, rootfs: &Rootfs, tree: &Path, work: &Path) ->
             min_disk_gib: disk_bytes.div_ceil(1 << 30),
             min_ram_mib: g.min_ram_mib.unwrap_or(if g.build == Some(GuestBuild::Tiny) { 128 } else { 512 }),
             properties: guest_properties(ctx, g, &made),
+            packages: match &made {
+                Made::Debian(guest) => guest.packages.clone(),
+                Made::Tiny { .. } | Made::Downloaded => vec![],
+            },
         });
     }
     // Only built images use the scratch space.

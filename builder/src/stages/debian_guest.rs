@@ -22,6 +22,7 @@ use super::rootfs::{self, Debootstrap};
 use super::{Context, DiskIds, STAGE_FORMAT};
 use crate::cache::KeyBuilder;
 use anyhow::{bail, Context as _, Result};
+use ciab_firstboot::contract::PackageInfo;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -53,11 +54,14 @@ pub const PACKAGES: &[&str] = &[
 /// cloud-init's default user on Debian.
 pub const DEFAULT_USER: &str = "debian";
 /// Bumped when what [`build`] makes changes, to invalidate cached guests.
-pub const LAYOUT: &str = "2";
+/// 3: `packages.json` beside the disk.
+pub const LAYOUT: &str = "3";
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 /// The FAT partition holds GRUB's menu only.
 const BOOT_MIB: u64 = 16;
+/// The guest's packages (name, version, source), in its cache directory.
+const PACKAGES_FILE: &str = "packages.json";
 const CMDLINE: &str = "ro console=tty0 console=ttyS0,115200n8";
 
 /// A built guest disk and what its Glance properties say of it.
@@ -71,6 +75,8 @@ pub struct DebianGuest {
     pub version: String,
     /// The suite's code name, `trixie`.
     pub suite: String,
+    /// Every package installed in it, for the manifest and the SBOM.
+    pub packages: Vec<PackageInfo>,
 }
 
 pub fn key(ctx: &Context, name: &str) -> String {
@@ -94,7 +100,8 @@ pub fn key(ctx: &Context, name: &str) -> String {
 pub fn build(ctx: &Context, name: &str) -> Result<DebianGuest> {
     let (dir, _) = ctx.cache.get_or_build("guest-debian", &key(ctx, name), |out| make(ctx, name, out))?;
     let read = |file: &str| fs::read_to_string(dir.join(file)).map(|s| s.trim().to_owned()).with_context(|| format!("reading {}", dir.join(file).display()));
-    Ok(DebianGuest { disk: dir.join("disk.raw"), kernel: read("kernel")?, version: read("version")?, suite: ctx.spec.debian.suite.clone() })
+    let packages = serde_json::from_str(&read(PACKAGES_FILE)?).with_context(|| format!("parsing {}", dir.join(PACKAGES_FILE).display()))?;
+    Ok(DebianGuest { disk: dir.join("disk.raw"), kernel: read("kernel")?, version: read("version")?, suite: ctx.spec.debian.suite.clone(), packages })
 }
 
 fn make(ctx: &Context, name: &str, out: &Path) -> Result<()> {
@@ -108,6 +115,7 @@ fn make(ctx: &Context, name: &str, out: &Path) -> Result<()> {
     prepare_tree(&tree, &ids.root_fs_uuid.to_string())?;
     crate::tree::clamp_mtimes(&tree, ctx.epoch())?;
     let kernel = rootfs::kernel_release(&tree)?;
+    let packages = rootfs::installed_packages(&tree).with_context(|| format!("listing the packages of guest image {name}"))?;
     let version = major_version(&fs::read_to_string(tree.join("etc/debian_version")).context("reading the guest's /etc/debian_version")?);
 
     // The smallest whole-GiB disk that holds the tree with room for ext4's
@@ -131,6 +139,7 @@ fn make(ctx: &Context, name: &str, out: &Path) -> Result<()> {
     }
     fs::write(out.join("kernel"), &kernel)?;
     fs::write(out.join("version"), &version)?;
+    fs::write(out.join(PACKAGES_FILE), serde_json::to_vec_pretty(&packages)?)?;
     Ok(())
 }
 

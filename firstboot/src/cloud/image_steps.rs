@@ -131,6 +131,7 @@ mod tests {
             min_disk_gib: 1,
             min_ram_mib: 128,
             properties: [("image_source".to_owned(), "private".to_owned()), ("hw_rng_model".to_owned(), "virtio".to_owned())].into_iter().collect(),
+            packages: vec![],
         };
         let body = create_body(&image);
         assert_eq!(body["visibility"], "public");
