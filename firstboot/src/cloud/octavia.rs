@@ -5,7 +5,7 @@
 //! operating status back through sockets in /run/octavia. OVN's provider
 //! speaks TCP, UDP and SCTP, with the SOURCE_IP_PORT algorithm.
 
-use super::catalog::LOAD_BALANCER;
+use super::catalog::{LOAD_BALANCER, NETWORK};
 use super::ini::Ini;
 use super::{keystone, messaging, ovn, Endpoints};
 
@@ -40,6 +40,14 @@ pub fn conf(c: &OctaviaConf) -> Ini {
     // Neutron's API as the service user, on loopback.
     keystone::service_auth(&mut ini, "service_auth", LOAD_BALANCER.name, c.service_password);
     ini.set("neutron", "valid_interfaces", "internal")
+        // The provider's own Neutron client (openstacksdk on a keystone
+        // session) ignores valid_interfaces and takes the catalog's public
+        // endpoint: the site's public host and port, which the box itself
+        // may not reach (behind NAT or a forwarded port, as in the IaaS
+        // test, it refused every load balancer). Neutron on loopback.
+        .set("neutron", "endpoint_override", NETWORK.internal_url())
+        // Its Octavia client (the OVN database sync tool's) does read this.
+        .set("service_auth", "valid_interfaces", "internal")
         .set("neutron", "region_name", keystone::REGION)
         .set("oslo_middleware", "enable_proxy_headers_parsing", true)
         .set("oslo_messaging_notifications", "driver", "noop");
@@ -63,5 +71,7 @@ mod tests {
         assert_eq!(ini.get("api_settings", "api_base_uri"), Some("https://cloud.example.org/load-balancer"));
         assert_eq!(ini.get("service_auth", "username"), Some("octavia"));
         assert_eq!(ini.get("neutron", "valid_interfaces"), Some("internal"));
+        assert_eq!(ini.get("neutron", "endpoint_override"), Some("http://127.0.0.1:9696"), "never the public endpoint");
+        assert_eq!(ini.get("service_auth", "valid_interfaces"), Some("internal"));
     }
 }
