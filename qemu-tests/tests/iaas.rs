@@ -429,6 +429,7 @@ fn run(tier: Tier) {
     // its own members' traffic; everything may go out.
     let groups = get("/network/v2.0/security-groups?name=default");
     let [group] = groups["security_groups"].as_array().unwrap().as_slice() else { panic!("one default group for the project: {groups:#}") };
+    let default_group_id = group["id"].as_str().unwrap().to_owned();
     let rules = group["security_group_rules"].as_array().unwrap();
     for rule in rules.iter().filter(|r| r["direction"] == "ingress") {
         assert_eq!(rule["remote_group_id"], group["id"], "ingress only from the group itself: {rule:#}");
@@ -551,9 +552,12 @@ fn run(tier: Tier) {
     .unwrap();
     let s3 = |args: &[&str]| Cmd::new("s3cmd").arg("-c").arg(&s3cfg).args(args).run().unwrap_or_else(|e| panic!("s3cmd {args:?}: {e:#}"));
     s3(&["mb", "s3://e2e-bucket"]);
-    // 32 MiB: more than s3cmd's 15 MiB part, so a multipart upload (s3api with slo).
+    // More than s3cmd's 15 MiB part, so a multipart upload (s3api with
+    // slo): 32 MiB, and 100 MiB in the long tier, which also measures it
+    // against the host's disk under the box (below).
     let object = dir.join("object.bin");
-    let object_data: Vec<u8> = (0..32u32 << 20).map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8).collect();
+    let object_mib: u32 = if tier == Tier::Long { 100 } else { 32 };
+    let object_data: Vec<u8> = (0..object_mib << 20).map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8).collect();
     std::fs::write(&object, &object_data).unwrap();
     let t_put = Instant::now();
     s3(&["put", object.to_str().unwrap(), "s3://e2e-bucket/object.bin"]);
@@ -563,6 +567,33 @@ fn run(tier: Tier) {
     s3(&["get", "--force", "s3://e2e-bucket/object.bin", fetched.to_str().unwrap()]);
     let got = t_get.elapsed();
     assert!(std::fs::read(&fetched).unwrap() == object_data, "the object reads back byte for byte through S3");
+    // The peer for S3's throughput: the same bytes written and read with
+    // direct I/O on the host file system that holds the box's disk image.
+    // (The box has no shell for a test to time its own disk from inside.)
+    let local_disk = (tier == Tier::Long).then(|| {
+        let copy = dir.join("object.local");
+        let dd = |args: &[&str]| {
+            let t = Instant::now();
+            Cmd::new("dd").args(args).arg("bs=1M").arg("status=none").run().unwrap_or_else(|e| panic!("dd {args:?}: {e:#}"));
+            t.elapsed()
+        };
+        let write = dd(&[&format!("if={}", object.display()), &format!("of={}", copy.display()), "oflag=direct", "conv=fsync"]);
+        let read = dd(&[&format!("if={}", copy.display()), "of=/dev/null", "iflag=direct"]);
+        std::fs::remove_file(&copy).unwrap();
+        (write, read)
+    });
+    // Said now: a later failure must not lose the measurement.
+    let mib = f64::from(object_mib);
+    eprintln!("iaas: S3 through the front end, {object_mib} MiB object: PUT {:.1} MiB/s, GET {:.1} MiB/s", mib / put.as_secs_f64(), mib / got.as_secs_f64());
+    if let Some((write, read)) = local_disk {
+        eprintln!(
+            "iaas: the host disk under the box (dd, direct I/O), same object: write {:.1} MiB/s, read {:.1} MiB/s; S3/disk: PUT {:.3}, GET {:.3}",
+            mib / write.as_secs_f64(),
+            mib / read.as_secs_f64(),
+            write.as_secs_f64() / put.as_secs_f64(),
+            read.as_secs_f64() / got.as_secs_f64()
+        );
+    }
     let buckets: std::collections::BTreeSet<String> = s3(&["ls"]).lines().filter_map(|l| l.split("s3://").nth(1)).map(|b| b.trim().to_owned()).collect();
     let containers = get(&format!("{swift_prefix}?format=json"));
     // s3api keeps a multipart upload's parts in `<bucket>+segments`, a
@@ -645,9 +676,11 @@ fn run(tier: Tier) {
     laps.push(("load balancer", Instant::now()));
     // scs-0123: a load balancer (OVN's provider, the default) on the
     // member's subnet: a TCP listener, a pool and a member — the server's
-    // web page when there is a server. (Reaching the VIP needs a client on
-    // the box's networks, which this test has not: not checked.) Long tier
-    // only until it has passed once: written 2026-12-02, not yet run.
+    // web server when there is a server, and then a TCP health monitor: OVN
+    // probes the member from the load balancer's port on the subnet, and
+    // the member goes ONLINE only if its port 80 answers. (Connecting to
+    // the VIP needs a client on the box's networks, which this test has
+    // not.) Long tier only: it needs the server.
     let lbaas = "/load-balancer/v2/lbaas";
     let mut lb_times = None;
     if tier == Tier::Long {
@@ -677,10 +710,36 @@ fn run(tier: Tier) {
     lb_active();
     let pool_id = pool["pool"]["id"].as_str().unwrap().to_owned();
     let backend = server_ip.clone().unwrap_or_else(|| "10.10.0.200".to_owned());
-    send("POST", &format!("{lbaas}/pools/{pool_id}/members"), &format!(r#"{{"member": {{"address": "{backend}", "protocol_port": 80, "subnet_id": "{subnet_id}"}}}}"#), 201);
+    let member = send("POST", &format!("{lbaas}/pools/{pool_id}/members"), &format!(r#"{{"member": {{"address": "{backend}", "protocol_port": 80, "subnet_id": "{subnet_id}"}}}}"#), 201);
+    let member_path = format!("{lbaas}/pools/{pool_id}/members/{}", member["member"]["id"].as_str().unwrap());
     let lb = lb_active();
     assert_ne!(lb["loadbalancer"]["operating_status"], "ERROR", "{lb:#}");
     let lb_built = t_lb.elapsed();
+    let mut monitor = None;
+    if server_ip.is_some() {
+        // The server's group lets port 80 in, as for any web server a
+        // member publishes: the monitor's probes come from outside it.
+        let rule = send(
+            "POST",
+            "/network/v2.0/security-group-rules",
+            &format!(r#"{{"security_group_rule": {{"security_group_id": "{default_group_id}", "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 80, "port_range_max": 80}}}}"#),
+            201,
+        );
+        let t_hm = Instant::now();
+        send("POST", &format!("{lbaas}/healthmonitors"), &format!(r#"{{"healthmonitor": {{"name": "e2e-monitor", "pool_id": "{pool_id}", "type": "TCP", "delay": 5, "timeout": 5, "max_retries": 2}}}}"#), 201);
+        lb_active();
+        loop {
+            let m = get(&member_path);
+            match m["member"]["operating_status"].as_str() {
+                Some("ONLINE") => break,
+                Some(_) if t_hm.elapsed() < Duration::from_secs(300) => std::thread::sleep(Duration::from_secs(3)),
+                other => panic!("member {other:?} after {:?}: OVN's health check did not reach the server's port 80: {m:#}\n{}", t_hm.elapsed(), vm.failure_report("octavia")),
+            }
+        }
+        monitor = Some(t_hm.elapsed());
+        let (code, _, body) = api("DELETE", &format!("/network/v2.0/security-group-rules/{}", rule["security_group_rule"]["id"].as_str().unwrap()), &[]);
+        assert_eq!(code, 204, "{body}");
+    }
     let (code, _, body) = api("DELETE", &format!("{lb_path}?cascade=true"), &[]);
     assert_eq!(code, 204, "{body}");
     {
@@ -694,7 +753,10 @@ fn run(tier: Tier) {
             std::thread::sleep(Duration::from_secs(2));
         }
     }
-    lb_times = Some((lb_ready, lb_built));
+    // The monitor's port goes with the last monitor on the subnet.
+    let hm_ports = format!("/network/v2.0/ports?network_id={network_id}&device_owner=ovn-lb-hm:distributed");
+    assert_eq!(get(&hm_ports)["ports"].as_array().map(Vec::len), Some(0), "the health monitor's port is left: {:#}", get(&hm_ports));
+    lb_times = Some((lb_ready, lb_built, monitor));
     }
 
     laps.push(("floating IP and clean-up", Instant::now()));
@@ -803,13 +865,14 @@ fn run(tier: Tier) {
     if let Some(third) = third {
         eprintln!("iaas: third boot (power cut at ready) to a member's token {:.0} s", third.as_secs_f64());
     }
-    let mib = object_data.len() as f64 / f64::from(1 << 20);
-    eprintln!("iaas: S3 through the front end, 32 MiB object: PUT {:.1} MiB/s, GET {:.1} MiB/s", mib / put.as_secs_f64(), mib / got.as_secs_f64());
     if let Some((backed_up, restored)) = backup_times {
         eprintln!("iaas: 1 GiB volume backed up in {:.0} s, restored in {:.0} s", backed_up.as_secs_f64(), restored.as_secs_f64());
     }
-    if let Some((lb_ready, lb_built)) = lb_times {
+    if let Some((lb_ready, lb_built, monitor)) = lb_times {
         eprintln!("iaas: load balancer ACTIVE {:.0} s after the request; with listener, pool and member {:.0} s", lb_ready.as_secs_f64(), lb_built.as_secs_f64());
+        if let Some(monitor) = monitor {
+            eprintln!("iaas: the member ONLINE {:.0} s after its health monitor was asked for", monitor.as_secs_f64());
+        }
     }
     laps.push(("", Instant::now()));
     let laps: Vec<String> = laps.windows(2).map(|w| format!("{} {:.0} s", w[0].0, (w[1].1 - w[0].1).as_secs_f64())).collect();
