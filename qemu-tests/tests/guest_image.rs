@@ -137,14 +137,17 @@ fn the_debian_cloud_image_boots_grows_its_root_and_takes_a_key_from_cloud_init()
     assert!(!marker.contains("keys 0"), "host keys made at first boot: {marker}");
 
     // The key logs in; sudo needs no password.
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    let login = loop {
-        let out = std::process::Command::new("ssh")
+    let ssh = |command: &str| {
+        std::process::Command::new("ssh")
             .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=30", "-i"])
             .arg(&key)
-            .args(["-p", &port.to_string(), "debian@127.0.0.1", "id -un; sudo -n id -un; cat /etc/debian_version"])
+            .args(["-p", &port.to_string(), "debian@127.0.0.1", command])
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let login = loop {
+        let out = ssh("id -un; sudo -n id -un; cat /etc/debian_version");
         if out.status.success() {
             break String::from_utf8_lossy(&out.stdout).into_owned();
         }
@@ -155,12 +158,7 @@ fn the_debian_cloud_image_boots_grows_its_root_and_takes_a_key_from_cloud_init()
     assert!(lines.len() == 3 && lines[0] == "debian" && lines[1] == "root" && lines[2].starts_with("13."), "{login}");
 
     // The index (and so the manifest and the SBOM) lists what the guest has.
-    let out = std::process::Command::new("ssh")
-        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-i"])
-        .arg(&key)
-        .args(["-p", &port.to_string(), "debian@127.0.0.1", "dpkg-query -W -f '${db:Status-Abbrev}${Package} ${Version}\\n'"])
-        .output()
-        .unwrap();
+    let out = ssh("dpkg-query -W -f '${db:Status-Abbrev}${Package} ${Version}\\n'");
     assert!(out.status.success(), "dpkg-query in the guest: {}", String::from_utf8_lossy(&out.stderr));
     let installed: std::collections::BTreeSet<String> =
         String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.strip_prefix("ii ")).map(str::to_owned).collect();
