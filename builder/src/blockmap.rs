@@ -1,9 +1,9 @@
 //! Zero-skipping copies between sparse files. Where a file holds data (and
-//! the block map the manifest records) is `ciab_firstboot::sparse`, shared
+//! the block map the manifest records) is `ciab_core::sparse`, shared
 //! with the flash engine.
 
 use anyhow::{Context, Result};
-pub use ciab_firstboot::sparse::{block_map, data_ranges, MAP_BLOCK};
+pub use ciab_core::sparse::{block_map, data_ranges, MAP_BLOCK};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;

@@ -16,7 +16,7 @@ pub const BLOCK_SIZE: u64 = 4096;
 /// while the file checksum is computed.
 const CHECKSUM_HEX_LEN: usize = 64;
 
-pub use ciab_firstboot::contract::MappedRange;
+pub use ciab_core::contract::MappedRange;
 
 /// The contents of a parsed bmap file.
 #[derive(Debug, Clone, PartialEq, Eq)]

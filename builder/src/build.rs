@@ -11,7 +11,7 @@ use crate::progress::{Outcome, Progress};
 use crate::spec::Spec;
 use crate::stages::{self, Context, DiskIds};
 use anyhow::{bail, Context as _, Result};
-use ciab_firstboot::contract::{StageKey, MANIFEST_FILE, MANIFEST_SIG_FILE, SBOM_FILE};
+use ciab_core::contract::{StageKey, MANIFEST_FILE, MANIFEST_SIG_FILE, SBOM_FILE};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -110,7 +110,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildResult> {
     let installer = if spec.formats.contains(&crate::spec::OutputFormat::Iso) {
         let installer_bin = firstboot_bin.with_file_name("ciab-installer");
         if !installer_bin.is_file() {
-            bail!("{} not found beside ciab-firstboot: build it with `cargo build --release -p ciab-firstboot`", installer_bin.display());
+            bail!("{} not found beside ciab-firstboot: build it with `cargo build --release -p ciab-installer`", installer_bin.display());
         }
         let input = stages::installer::InstallerInput { rootfs: &rootfs, disk: &disk, signed: &signed, installer_bin: &installer_bin, secret_key: &secret_key };
         Some(p.stage("installer", || stages::installer::run(&ctx, &input))?)

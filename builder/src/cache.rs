@@ -143,7 +143,7 @@ fn mounts_below(path: &Path) -> Vec<PathBuf> {
 pub fn remove_stage_temporary(path: &Path) -> Result<()> {
     for point in mounts_below(path) {
         tracing::warn!("detaching {} left mounted by an interrupted build", point.display());
-        crate::exec::Cmd::new("umount").package("mount").arg("--lazy").arg(&point).run()?;
+        ciab_core::exec::Cmd::new("umount").package("mount").arg("--lazy").arg(&point).run()?;
     }
     if !mounts_below(path).is_empty() {
         anyhow::bail!("{} still has mounts below it: remove them by hand before building again", path.display());
@@ -260,7 +260,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stale = dir.path().join("stages/rootfs/.tmp-k-999999998");
         fs::create_dir_all(stale.join("tree/proc")).unwrap();
-        crate::exec::Cmd::new("mount").args(["-t", "tmpfs", "none"]).arg(stale.join("tree/proc")).run().unwrap();
+        ciab_core::exec::Cmd::new("mount").args(["-t", "tmpfs", "none"]).arg(stale.join("tree/proc")).run().unwrap();
         fs::write(stale.join("tree/proc/inside"), "x").unwrap();
         let _cache = Cache::open(dir.path()).unwrap();
         assert!(!stale.exists());

@@ -3,7 +3,7 @@
 //! One table of every tool: found or missing, its version, and the Debian
 //! package that provides it. `ciab build` runs the same check before any work.
 
-use crate::exec::Cmd;
+use ciab_core::exec::Cmd;
 use anyhow::{bail, Result};
 use std::path::Path;
 

@@ -1,13 +1,13 @@
 //! `ciab flash`: put a signed image (or its installer ISO) on a disk or USB
 //! stick. The signature is checked before anything is opened for writing;
-//! the write itself is `ciab_firstboot::flash`, the same engine the USB
+//! the write itself is `ciab_core::flash`, the same engine the USB
 //! installer runs on the box.
 
 use crate::cli::FlashArgs;
 use anyhow::{bail, Context, Result};
-use ciab_firstboot::blockdev::BlockDevice;
-use ciab_firstboot::contract::{InstallerInfo, Manifest, MappedRange, INSTALLER_FILE, INSTALLER_SIG_FILE, MANIFEST_FILE, MANIFEST_SIG_FILE};
-use ciab_firstboot::flash::{self, Image, Phase, Source, Target};
+use ciab_core::blockdev::BlockDevice;
+use ciab_core::contract::{InstallerInfo, Manifest, MappedRange, INSTALLER_FILE, INSTALLER_SIG_FILE, MANIFEST_FILE, MANIFEST_SIG_FILE};
+use ciab_core::flash::{self, Image, Phase, Source, Target};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -78,8 +78,8 @@ pub fn check_device(dev: &BlockDevice, size: u64) -> Result<()> {
         bail!(
             "{} is too small: {} for an image of {}",
             dev.path.display(),
-            ciab_firstboot::blockdev::human_size(dev.size),
-            ciab_firstboot::blockdev::human_size(size)
+            ciab_core::blockdev::human_size(dev.size),
+            ciab_core::blockdev::human_size(size)
         );
     }
     Ok(())
@@ -161,13 +161,13 @@ pub fn run(args: &FlashArgs) -> Result<()> {
         })?;
         check_device(&dev, signed.size)?;
         if !args.yes {
-            let parts = dev.partition_devices().iter().map(|p| format!("\n  {} {}", p.name, ciab_firstboot::blockdev::human_size(p.size))).collect::<String>();
+            let parts = dev.partition_devices().iter().map(|p| format!("\n  {} {}", p.name, ciab_core::blockdev::human_size(p.size))).collect::<String>();
             confirm(&format!("Everything on {} will be overwritten with {}.{parts}", dev.describe(), signed.what))?;
         }
         let target = Target::block_device(&dev.path)?;
         let report = flash::flash(&image, &source, &target, &mut progress)?;
         // Let the kernel see the new partition table; harmless if it cannot.
-        let _ = ciab_firstboot::exec::Cmd::new("blockdev").package("util-linux").arg("--rereadpt").arg(&dev.path).run();
+        let _ = ciab_core::exec::Cmd::new("blockdev").package("util-linux").arg("--rereadpt").arg(&dev.path).run();
         report
     };
     let secs = report.write_time.as_secs_f64().max(1e-9);

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-pub use ciab_firstboot::atomic::write_atomic;
+pub use ciab_core::atomic::write_atomic;
 
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {

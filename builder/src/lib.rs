@@ -10,7 +10,6 @@ pub mod cache;
 pub mod cli;
 pub mod doctor;
 pub mod flash;
-pub use ciab_firstboot::exec;
 pub mod fsutil;
 pub mod fetch;
 pub mod lock;

@@ -58,7 +58,7 @@ pub fn lock(spec_path: &Path, cache_root: &Path, opts: &FetchOptions, update: bo
     for (file, file_pins) in by_file {
         let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
         let edited = apply(&text, &file_pins).with_context(|| format!("editing {}", file.display()))?;
-        ciab_firstboot::atomic::write_atomic(&file, edited.as_bytes())?;
+        ciab_core::atomic::write_atomic(&file, edited.as_bytes())?;
     }
     Ok(pins)
 }

@@ -4,10 +4,10 @@
 //! and always runs with `-snapshot`, so the built image stays pristine.
 
 use crate::cli::{RunArgs, UpArgs};
-use crate::exec::Cmd;
+use ciab_core::exec::Cmd;
 use crate::qemu::{self, Accel, Firmware, Machine, Network, PortForward, Serial};
 use anyhow::{bail, Context, Result};
-use ciab_firstboot::contract::MANIFEST_FILE;
+use ciab_core::contract::MANIFEST_FILE;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,7 +55,7 @@ pub fn overlay_disk(image: &Path, dir: &Path, size: &str) -> Result<PathBuf> {
         qemu::ImageFormat::Raw => "raw",
     };
     let disk = dir.join("disk.qcow2");
-    crate::exec::Cmd::new("qemu-img")
+    ciab_core::exec::Cmd::new("qemu-img")
         .package("qemu-utils")
         .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
         .arg(image.canonicalize().with_context(|| format!("resolving {}", image.display()))?)

@@ -1341,7 +1341,7 @@ dest = "./kaas//k3s"
         for r in MIRRORED_REGISTRIES {
             let hosts = fs::read_to_string(certs.join(r).join("hosts.toml")).unwrap_or_else(|e| panic!("{r}: {e}"));
             let doc: toml::Value = toml::from_str(&hosts).unwrap();
-            let host = &doc["host"][&format!("http://{}/v2/{r}", ciab_firstboot::registry::ADDR)];
+            let host = &doc["host"][&format!("http://{}/v2/{r}", ciab_core::contract::REGISTRY_ADDR)];
             assert_eq!(host["override_path"].as_bool(), Some(true), "{r}");
             assert_eq!(host["capabilities"].as_array().map(Vec::len), Some(2), "{r}");
         }

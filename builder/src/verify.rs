@@ -2,7 +2,7 @@
 //! and the installer ISO against its own signed description when present.
 
 use anyhow::{bail, Context, Result};
-use ciab_firstboot::contract::{InstallerInfo, Manifest, INSTALLER_FILE, INSTALLER_SIG_FILE, MANIFEST_FILE, MANIFEST_SIG_FILE};
+use ciab_core::contract::{InstallerInfo, Manifest, INSTALLER_FILE, INSTALLER_SIG_FILE, MANIFEST_FILE, MANIFEST_SIG_FILE};
 use std::path::Path;
 
 /// One thing that does not match.

@@ -18,8 +18,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 
-pub use crate::atomic::{sync_dir, write_atomic};
-use crate::atomic::remove_stale_temps;
+pub use ciab_core::atomic::{sync_dir, write_atomic};
+use ciab_core::atomic::remove_stale_temps;
 use serde::{Deserialize, Serialize};
 
 /// Version of the on-disk schema written by this code.

@@ -4,7 +4,8 @@
 use anyhow::{Context, Result};
 use ciab_firstboot::engine::{ConsoleReporter, Engine, MultiReporter, RunOutcome};
 use ciab_firstboot::status::{self, SdNotifyReporter, StatusServer};
-use ciab_firstboot::{contract, journal::Journal, steps};
+use ciab_core::contract;
+use ciab_firstboot::{journal::Journal, steps};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 

@@ -55,7 +55,7 @@ pub fn write_files(root: &Path, site: &SiteConfig, nic: Option<&str>) -> Result<
     for (rel, content) in files {
         let path = root.join(&rel);
         if std::fs::read_to_string(&path).ok().as_deref() != Some(content.as_str()) {
-            crate::atomic::write_atomic(&path, content.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+            ciab_core::atomic::write_atomic(&path, content.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
             changed = true;
         }
     }
@@ -64,7 +64,7 @@ pub fn write_files(root: &Path, site: &SiteConfig, nic: Option<&str>) -> Result<
 
 /// The IPv4/IPv6 addresses `nic` has, from `ip -j addr`.
 pub fn addresses(nic: &str) -> Result<Vec<String>> {
-    let v: serde_json::Value = crate::exec::Cmd::new("ip").package("iproute2").args(["-j", "addr", "show", "dev", nic]).run_json()?;
+    let v: serde_json::Value = ciab_core::exec::Cmd::new("ip").package("iproute2").args(["-j", "addr", "show", "dev", nic]).run_json()?;
     Ok(v.as_array()
         .into_iter()
         .flatten()

@@ -2,15 +2,15 @@
 //! every image the bundle's index lists, by digest, on its loopback address?
 //! (Configured by `overlays/registry`; the store is the read-only bundle.)
 
-use crate::contract::{BundleIndex, BUNDLE_INDEX_FILE, BUNDLE_MOUNTPOINT};
+use ciab_core::contract::{BundleIndex, BUNDLE_INDEX_FILE, BUNDLE_MOUNTPOINT};
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-/// Where the registry listens (overlays/registry/etc/docker/registry/config.yml).
-pub const ADDR: &str = "127.0.0.1:5050";
+/// Where the registry listens.
+pub const ADDR: &str = ciab_core::contract::REGISTRY_ADDR;
 pub const UNIT: &str = "docker-registry.service";
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
@@ -81,7 +81,7 @@ fn request(addr: &str, method: &str, path: &str) -> Result<(u16, Option<String>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::BundleImage;
+    use ciab_core::contract::BundleImage;
     use std::net::TcpListener;
 
     /// Answers each connection with the next canned response head.

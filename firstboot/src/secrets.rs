@@ -59,7 +59,7 @@ pub fn ensure(dir: &Path, names: &[&str]) -> Result<usize> {
             fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).with_context(|| format!("securing {}", path.display()))?;
             continue;
         }
-        crate::atomic::write_atomic_mode(&path, generate()?.as_bytes(), 0o600)?;
+        ciab_core::atomic::write_atomic_mode(&path, generate()?.as_bytes(), 0o600)?;
         created += 1;
     }
     Ok(created)

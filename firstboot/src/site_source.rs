@@ -2,7 +2,7 @@
 //! `CIAB-CONFIG` (a USB stick or a second virtual disk), `ciab/site.toml` on
 //! the ESP, `ciab.*` arguments on the kernel command line, else defaults.
 
-use crate::exec::Cmd;
+use ciab_core::exec::Cmd;
 use crate::site::SiteConfig;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -61,9 +61,9 @@ pub fn find(run_dir: &Path) -> Result<Found> {
     if label.exists() {
         return from_config_partition(&label, run_dir);
     }
-    let esp = Path::new(ESP_MOUNT).join(crate::contract::ESP_SITE_CONFIG);
+    let esp = Path::new(ESP_MOUNT).join(ciab_core::contract::ESP_SITE_CONFIG);
     if let Ok(text) = std::fs::read_to_string(&esp) {
-        return Ok(Found { source: format!("ESP:/{}", crate::contract::ESP_SITE_CONFIG), text, kind: SourceKind::File });
+        return Ok(Found { source: format!("ESP:/{}", ciab_core::contract::ESP_SITE_CONFIG), text, kind: SourceKind::File });
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if SiteConfig::from_kernel_cmdline(&cmdline)?.is_some() {

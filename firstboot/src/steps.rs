@@ -63,7 +63,7 @@ impl Ctx {
     }
 
     pub(crate) fn save<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<()> {
-        crate::atomic::write_atomic(&self.state_dir.join(name), &serde_json::to_vec_pretty(value)?)
+        ciab_core::atomic::write_atomic(&self.state_dir.join(name), &serde_json::to_vec_pretty(value)?)
     }
 }
 
@@ -355,8 +355,8 @@ impl Step<Ctx> for NetworkStep {
         };
         // networkctl needs D-Bus, which a minimal image lacks; a restart
         // through PID 1 makes networkd read the new file just as well.
-        crate::exec::Cmd::new("systemctl").package("systemd").args(["enable", "systemd-networkd"]).run()?;
-        crate::exec::Cmd::new("systemctl").package("systemd").args(["restart", "systemd-networkd"]).run()?;
+        ciab_core::exec::Cmd::new("systemctl").package("systemd").args(["enable", "systemd-networkd"]).run()?;
+        ciab_core::exec::Cmd::new("systemctl").package("systemd").args(["restart", "systemd-networkd"]).run()?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
         loop {
             let addrs = crate::network::addresses(&nic)?;
@@ -426,7 +426,7 @@ impl Step<Ctx> for SystemStep {
                     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
                 }
             }
-            crate::atomic::write_atomic_mode(&path, content.as_bytes(), mode)?;
+            ciab_core::atomic::write_atomic_mode(&path, content.as_bytes(), mode)?;
         }
         let link = ctx.root.join("etc/localtime");
         let tmp = ctx.root.join("etc/.localtime.ciab");
@@ -466,13 +466,13 @@ impl Step<Ctx> for RegistryStep {
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let index = crate::registry::bundle_index(&ctx.root)?.context("the bundle index disappeared")?;
-        crate::exec::Cmd::new("systemctl").package("systemd").args(["start", crate::registry::UNIT]).run()?;
+        ciab_core::exec::Cmd::new("systemctl").package("systemd").args(["start", crate::registry::UNIT]).run()?;
         let deadline = std::time::Instant::now() + REGISTRY_TIMEOUT;
         loop {
             match crate::registry::probe(crate::registry::ADDR, &index) {
                 Ok(()) => break,
                 Err(e) if std::time::Instant::now() > deadline => {
-                    let log = crate::exec::Cmd::new("journalctl").args(["-u", crate::registry::UNIT, "-n", "5", "--no-pager", "-o", "cat"]).run().unwrap_or_default();
+                    let log = ciab_core::exec::Cmd::new("journalctl").args(["-u", crate::registry::UNIT, "-n", "5", "--no-pager", "-o", "cat"]).run().unwrap_or_default();
                     bail!("the offline registry does not serve the bundle after {} s: {e:#}\n{}", REGISTRY_TIMEOUT.as_secs(), log.trim_end());
                 }
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(250)),
@@ -538,7 +538,7 @@ impl Step<Ctx> for ReadyStep {
             }
         }
         println!("ciab-firstboot: summary: per-box secrets in {} (root only)", ctx.state_dir.join("secrets").display());
-        crate::atomic::write_atomic(&ctx.state_dir.join(DONE_STAMP), b"")
+        ciab_core::atomic::write_atomic(&ctx.state_dir.join(DONE_STAMP), b"")
     }
 }
 

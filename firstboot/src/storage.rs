@@ -6,7 +6,7 @@
 //! so the storage step can be cut by a power loss at any instant and run
 //! again. It only ever touches the disk that holds the running root.
 
-use crate::exec::Cmd;
+use ciab_core::exec::Cmd;
 use anyhow::{bail, Context, Result};
 use gptman::{GPTPartitionEntry, GPT};
 use serde::{Deserialize, Serialize};
@@ -168,7 +168,7 @@ pub fn ensure_mounts(volumes: &[Volume]) -> Result<()> {
     let fstab = fs::read_to_string("/etc/fstab").unwrap_or_default();
     let new = with_fstab_block(&fstab, &fstab_block(volumes));
     if new != fstab {
-        crate::atomic::write_atomic(Path::new("/etc/fstab"), new.as_bytes())?;
+        ciab_core::atomic::write_atomic(Path::new("/etc/fstab"), new.as_bytes())?;
     }
     for v in volumes {
         if let Some(mp) = &v.mountpoint {

@@ -4,7 +4,7 @@
 //! then files are read with debugfs.
 
 use anyhow::{bail, Context, Result};
-use ciab_builder::exec::Cmd;
+use ciab_core::exec::Cmd;
 use std::path::Path;
 
 /// The guest's file at `path` inside root-a of `disk` (raw or qcow2), as it

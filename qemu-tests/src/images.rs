@@ -21,19 +21,19 @@ pub fn work_dir() -> PathBuf {
 }
 
 /// Builds ciab's binaries (release) with the cargo running the tests and
-/// returns the path of `bin`. Both binaries' packages are always built
+/// returns the path of `bin`. The binaries' packages are always built
 /// together, as `./ciab` builds them: cargo resolves the dependencies'
 /// features per selection, so building one alone would compile a second
 /// copy of the shared crates (and of the binary) beside `./ciab`'s.
 fn cargo_build(bin: &str) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args(["build", "--release", "--locked", "-p", "ciab-builder", "-p", "ciab-firstboot"])
+        .args(["build", "--release", "--locked", "-p", "ciab-builder", "-p", "ciab-firstboot", "-p", "ciab-installer"])
         .current_dir(repo_root())
         .status()
-        .context("running cargo build -p ciab-builder -p ciab-firstboot")?;
+        .context("running cargo build -p ciab-builder -p ciab-firstboot -p ciab-installer")?;
     if !status.success() {
-        bail!("cargo build -p ciab-builder -p ciab-firstboot failed");
+        bail!("cargo build -p ciab-builder -p ciab-firstboot -p ciab-installer failed");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
     Ok(target.join("release").join(bin))
@@ -130,7 +130,7 @@ pub fn eval_with_stand_in() -> Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     let stand_in = dir.join("noble-stand-in.qcow2");
     if !stand_in.exists() {
-        ciab_builder::exec::Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&stand_in).arg("1G").run()?;
+        ciab_core::exec::Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&stand_in).arg("1G").run()?;
     }
     let sha256 = ciab_builder::fsutil::sha256_file(&stand_in)?;
     let spec = dir.join("evalstandin.toml");

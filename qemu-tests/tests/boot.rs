@@ -3,7 +3,7 @@
 //! service's ready line on the serial console.
 
 use ciab_builder::qemu::{Firmware, Machine, Network};
-use ciab_firstboot::contract::READY_LINE;
+use ciab_core::contract::READY_LINE;
 use ciab_qemu_tests::harness::Vm;
 use ciab_qemu_tests::images;
 use std::time::Duration;

@@ -73,7 +73,7 @@ fn same_spec_and_debs_give_identical_bytes() {
     let _ = std::fs::remove_dir_all(&cache);
     std::fs::create_dir_all(&cache).unwrap();
     let debs = ciab_builder::cache::default_root().join("debs");
-    ciab_builder::exec::Cmd::new("cp").arg("-al").arg(&debs).arg(cache.join("debs")).run().unwrap();
+    ciab_core::exec::Cmd::new("cp").arg("-al").arg(&debs).arg(cache.join("debs")).run().unwrap();
     let out = images::work_dir().join("repro-out");
     let opts = images::options(&images::repo_root().join("images/tiny.toml"), &out, &cache).unwrap();
     let second = images::build_with(&opts).unwrap();
@@ -171,7 +171,7 @@ fn manifest_and_sbom_describe_the_image() {
     // No password anywhere in the image: every account in /etc/shadow is
     // locked, and root has no shadow entry at all ('*' in passwd).
     let root = m.partitions.iter().find(|p| p.label == "root-a").unwrap();
-    let shadow = ciab_builder::exec::Cmd::new("debugfs")
+    let shadow = ciab_core::exec::Cmd::new("debugfs")
         .args(["-R", "cat /etc/shadow"])
         .arg(format!("{}?offset={}", out.join("tiny.raw").display(), root.offset))
         .run()
@@ -243,7 +243,7 @@ fn interrupted_build_leaves_nothing_behind() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let pgid = format!("-{}", child.id());
-    ciab_builder::exec::Cmd::new("kill").args(["-INT", "--", pgid.as_str()]).run().unwrap();
+    ciab_core::exec::Cmd::new("kill").args(["-INT", "--", pgid.as_str()]).run().unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success(), "an interrupted build must not exit 0");
     assert!(!out.join("tiny").exists(), "no output after an interrupted build");
@@ -268,7 +268,7 @@ fn upstream_guest_images_are_fetched_or_fail_the_build() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("images")).unwrap();
     let stand_in = dir.join("images/noble-stand-in.qcow2");
-    ciab_builder::exec::Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&stand_in).arg("2G").run().unwrap();
+    ciab_core::exec::Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&stand_in).arg("2G").run().unwrap();
     let pin = sha(&stand_in);
     let tiny = images::repo_root().join("images/tiny.toml");
     let spec = |name: &str, url: &str, pin: &str, mark: &str| {

@@ -2,9 +2,9 @@
 //! resuming after a power cut, and refusing a bad site configuration where
 //! an operator sees it (serial, /status.json, the status page in a browser).
 
-use ciab_builder::exec::Cmd;
+use ciab_core::exec::Cmd;
 use ciab_builder::qemu::{Disk, Firmware, Machine, Network, PortForward};
-use ciab_firstboot::contract::READY_LINE;
+use ciab_core::contract::READY_LINE;
 use ciab_qemu_tests::harness::{free_port, Vm};
 use ciab_qemu_tests::images;
 use std::path::{Path, PathBuf};

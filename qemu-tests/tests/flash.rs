@@ -103,7 +103,7 @@ fn flash_to_a_loop_device_zeroes_old_data_and_verifies() {
     assert!(tail.iter().all(|&b| b == 0), "the old data at the end of the device is still there");
 
     // A byte changed on the medium afterwards is caught by a read-back.
-    let manifest: ciab_firstboot::contract::Manifest =
+    let manifest: ciab_core::contract::Manifest =
         serde_json::from_slice(&std::fs::read(tiny.join("manifest.json")).unwrap()).unwrap();
     let victim = &manifest.disk.block_map[manifest.disk.block_map.len() / 2];
     let dev = std::fs::OpenOptions::new().read(true).write(true).open(&lo.dev).unwrap();
@@ -111,9 +111,9 @@ fn flash_to_a_loop_device_zeroes_old_data_and_verifies() {
     dev.read_exact_at(&mut b, victim.offset + 100).unwrap();
     dev.write_all_at(&[!b[0]], victim.offset + 100).unwrap();
     dev.sync_all().unwrap();
-    let image = ciab_firstboot::flash::Image { size: manifest.disk.size, map: &manifest.disk.block_map };
-    let target = ciab_firstboot::flash::Target::block_device(&lo.dev).unwrap();
-    let err = ciab_firstboot::flash::verify_only(&image, &target).unwrap_err().to_string();
+    let image = ciab_core::flash::Image { size: manifest.disk.size, map: &manifest.disk.block_map };
+    let target = ciab_core::flash::Target::block_device(&lo.dev).unwrap();
+    let err = ciab_core::flash::verify_only(&image, &target).unwrap_err().to_string();
     assert!(err.contains("verify failed") && err.contains(&format!("bytes {}..", victim.offset)), "{err}");
 }
 
@@ -182,7 +182,7 @@ fn refuses_a_tampered_manifest_or_image_before_writing() {
 
     // The signed manifest restored, one byte of the image flipped.
     std::fs::copy(tiny.join("manifest.json"), &mpath).unwrap();
-    let manifest: ciab_firstboot::contract::Manifest = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    let manifest: ciab_core::contract::Manifest = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
     let r = &manifest.disk.block_map[3];
     let rawp = copy.join("tiny.raw");
     std::fs::set_permissions(&rawp, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();

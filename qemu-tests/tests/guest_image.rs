@@ -7,9 +7,9 @@
 //! so on the serial console. Glance gets this same file on a box. And the
 //! Debian cloud image the builder makes, booted with cloud-init's metadata.
 
-use ciab_builder::exec::Cmd;
+use ciab_core::exec::Cmd;
 use ciab_builder::qemu::{Disk, Firmware, Machine, Network, PortForward};
-use ciab_firstboot::contract::{BundleGuestImage, BundleIndex};
+use ciab_core::contract::{BundleGuestImage, BundleIndex};
 use ciab_qemu_tests::harness::Vm;
 use ciab_qemu_tests::images;
 use std::path::{Path, PathBuf};

@@ -16,9 +16,9 @@
 //! boots a server from a volume and puts a load balancer (OVN's provider)
 //! in front of it.
 
-use ciab_builder::exec::Cmd;
+use ciab_core::exec::Cmd;
 use ciab_builder::qemu::{Disk, Firmware, Machine, Network, PortForward};
-use ciab_firstboot::contract::READY_LINE;
+use ciab_core::contract::READY_LINE;
 use ciab_qemu_tests::harness::{free_port, Vm};
 use ciab_qemu_tests::{images, scs};
 use std::path::Path;

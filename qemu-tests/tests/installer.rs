@@ -6,7 +6,7 @@
 //! first boot reaches ready.
 
 use ciab_builder::qemu::{Disk, Firmware, Machine, Network};
-use ciab_firstboot::contract::{INSTALLED_LINE, READY_LINE};
+use ciab_core::contract::{INSTALLED_LINE, READY_LINE};
 use ciab_qemu_tests::harness::Vm;
 use ciab_qemu_tests::images;
 use std::ffi::OsString;
@@ -130,7 +130,7 @@ fn bios_installer_from_a_usb_stick_installs_unattended_and_the_disk_boots_to_rea
 /// initramfs, a manifest changed by one byte, another key, a short data file.
 #[test]
 fn the_installer_refuses_a_payload_not_signed_by_its_key() {
-    use ciab_firstboot::installer::medium::verify_payload;
+    use ciab_installer::medium::verify_payload;
     let out = images::tiny_installer().unwrap();
     let dir = images::work_dir().join("installer-payload");
     let _ = std::fs::remove_dir_all(&dir);
@@ -138,7 +138,7 @@ fn the_installer_refuses_a_payload_not_signed_by_its_key() {
     for f in ["manifest.json", "manifest.json.minisig"] {
         std::fs::copy(out.join(f), dir.join(f)).unwrap();
     }
-    let manifest: ciab_firstboot::contract::Manifest = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let manifest: ciab_core::contract::Manifest = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     let data: u64 = manifest.disk.block_map.iter().map(|r| r.length).sum();
     std::fs::File::create(dir.join("image.data")).unwrap().set_len(data).unwrap();
     let key = std::fs::read_to_string(out.join("signing.pub")).unwrap();

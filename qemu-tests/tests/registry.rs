@@ -393,7 +393,7 @@ source = "{}/ciab-test/multi:2.0"
     let out = images::build_with(&opts).expect("building the registry box");
     drop(origin);
 
-    let manifest: ciab_firstboot::contract::Manifest = serde_json::from_slice(&std::fs::read(out.out_dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: ciab_core::contract::Manifest = serde_json::from_slice(&std::fs::read(out.out_dir.join("manifest.json")).unwrap()).unwrap();
     let bundle: Vec<(String, String)> = manifest.bundle.images.iter().map(|i| (i.reference.clone(), i.digest.clone())).collect();
     assert_eq!(
         bundle,
@@ -427,9 +427,9 @@ source = "{}/ciab-test/multi:2.0"
     assert!(find("ctr-run").contains("hello-from-the-bundle"), "{}", lines.join("\n"));
     // First boot's `registry` step checks every image of bundle.json before `ready`.
     // (It may have come before the check's last line, which the wait passed.)
-    let ready_line = match vm.serial_lines().into_iter().find(|l| l.contains(ciab_firstboot::contract::READY_LINE)) {
+    let ready_line = match vm.serial_lines().into_iter().find(|l| l.contains(ciab_core::contract::READY_LINE)) {
         Some(line) => Ok(line),
-        None => vm.wait_for_line(ciab_firstboot::contract::READY_LINE, std::time::Duration::from_secs(600)),
+        None => vm.wait_for_line(ciab_core::contract::READY_LINE, std::time::Duration::from_secs(600)),
     };
     let fb: Vec<String> = vm.serial_lines().into_iter().filter(|l| l.contains("] registry") || l.contains("ciab-firstboot: registry")).collect();
     assert!(ready_line.is_ok(), "first boot did not finish: {fb:?}\n{:#}", ready_line.unwrap_err());
@@ -466,7 +466,7 @@ fn ciab_lock_pins_images_and_artifacts_in_the_spec_file() {
     std::fs::write(&spec, &text).unwrap();
     let ciab = ciab_qemu_tests::images::ciab_bin().unwrap();
     let lock = || {
-        ciab_builder::exec::Cmd::new(&ciab)
+        ciab_core::exec::Cmd::new(&ciab)
             .arg("lock")
             .arg(&spec)
             .args(["--insecure-registry", &origin.host(), "--cache-dir"])
@@ -489,7 +489,7 @@ fn ciab_lock_pins_images_and_artifacts_in_the_spec_file() {
     // A ref that does not exist at its source fails and leaves the file alone.
     std::fs::write(&spec, text.replace("ciab-test/busybox:1.0\"\n\n", "ciab-test/nope:1.0\"\n\n")).unwrap();
     let before = std::fs::read_to_string(&spec).unwrap();
-    let err = ciab_builder::exec::Cmd::new(&ciab)
+    let err = ciab_core::exec::Cmd::new(&ciab)
         .arg("lock")
         .arg(&spec)
         .args(["--insecure-registry", &origin.host(), "--cache-dir"])

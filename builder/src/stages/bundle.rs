@@ -21,7 +21,7 @@ use crate::progress::Outcome;
 use anyhow::{bail, Context as _, Result};
 use crate::spec::{GuestBuild, GuestImageSpec};
 use crate::stages::rootfs::Rootfs;
-use ciab_firstboot::contract::{BundleArtifact, BundleGuestImage, BundleImage, BundleIndex, BUNDLE_INDEX_FILE};
+use ciab_core::contract::{BundleArtifact, BundleGuestImage, BundleImage, BundleIndex, BUNDLE_INDEX_FILE};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -296,7 +296,7 @@ mod guest_tests {
     fn qcow2_virtual_size_is_read_from_the_header() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("x.qcow2");
-        crate::exec::Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&q).arg("3G").run().unwrap();
+        ciab_core::exec::Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&q).arg("3G").run().unwrap();
         assert_eq!(super::qcow2_virtual_size(&q).unwrap(), 3 << 30);
         let raw = dir.path().join("x.raw");
         std::fs::write(&raw, vec![0u8; 4096]).unwrap();

@@ -22,7 +22,7 @@ use super::rootfs::{self, Debootstrap};
 use super::{Context, DiskIds, STAGE_FORMAT};
 use crate::cache::KeyBuilder;
 use anyhow::{bail, Context as _, Result};
-use ciab_firstboot::contract::PackageInfo;
+use ciab_core::contract::PackageInfo;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -111,7 +111,7 @@ fn make(ctx: &Context, name: &str, out: &Path) -> Result<()> {
     rootfs::mmdebstrap(ctx, &Debootstrap { variant: "apt", packages: &packages, essential_hooks: &[], customize_hooks: &[] }, &tree)
         .with_context(|| format!("making the tree of guest image {name}"))?;
     let ids = DiskIds::derive(&crate::fsutil::sha256_bytes(format!("guest:{name}").as_bytes()));
-    let root_part = ids.part_uuid(ciab_firstboot::contract::PartitionRole::RootA);
+    let root_part = ids.part_uuid(ciab_core::contract::PartitionRole::RootA);
     prepare_tree(&tree, &ids.root_fs_uuid.to_string())?;
     crate::tree::clamp_mtimes(&tree, ctx.epoch())?;
     let kernel = rootfs::kernel_release(&tree)?;

@@ -12,7 +12,7 @@ use crate::progress::Outcome;
 use crate::stages::boot::{grub_bios, Boot};
 use crate::stages::filesystems::Filesystems;
 use anyhow::{bail, Context as _, Result};
-use ciab_firstboot::contract::PartitionRole;
+use ciab_core::contract::PartitionRole;
 use gptman::{GPTPartitionEntry, GPT};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -138,7 +138,7 @@ fn write_disk(ctx: &Context, layout: &Layout, fs: &Filesystems, boot: &Boot, pat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::Cmd;
+    use ciab_core::exec::Cmd;
 
     fn layout() -> Layout {
         let ids = crate::stages::DiskIds::derive("test");

@@ -3,7 +3,7 @@
 
 use super::{Context, STAGE_FORMAT};
 use crate::cache::KeyBuilder;
-use crate::exec::Cmd;
+use ciab_core::exec::Cmd;
 use crate::progress::Outcome;
 use crate::spec::OutputFormat;
 use crate::stages::disk::Disk;

@@ -9,7 +9,7 @@ use crate::progress::Outcome;
 use crate::spec::OutputFormat;
 use crate::stages::{bundle::Bundle, disk::Disk, formats::Formats, rootfs::Rootfs};
 use anyhow::{Context as _, Result};
-use ciab_firstboot::contract::{
+use ciab_core::contract::{
     BundleIndex, DiskInfo, ImageInfo, Manifest, MappedRange, OutputFile, PackageInfo, PartitionInfo, PartitionRole, StageKey, MANIFEST_FILE, MANIFEST_SCHEMA,
     MANIFEST_SIG_FILE, SBOM_FILE,
 };
@@ -288,7 +288,7 @@ mod tests {
     #[test]
     fn a_built_guest_images_packages_are_its_own_in_the_sbom() {
         let deb = |name: &str, version: &str| PackageInfo { name: name.into(), version: version.into(), architecture: "amd64".into(), source: name.into(), source_version: version.into() };
-        let guest = |name: &str, packages: Vec<PackageInfo>| ciab_firstboot::contract::BundleGuestImage {
+        let guest = |name: &str, packages: Vec<PackageInfo>| ciab_core::contract::BundleGuestImage {
             name: name.into(),
             file: format!("guest-images/{name}.raw"),
             sha256: "ab".repeat(32),

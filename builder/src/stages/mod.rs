@@ -83,7 +83,7 @@ impl DiskIds {
     }
 
     /// Partition UUID for a role.
-    pub fn part_uuid(&self, role: ciab_firstboot::contract::PartitionRole) -> Uuid {
+    pub fn part_uuid(&self, role: ciab_core::contract::PartitionRole) -> Uuid {
         self.part_uuids[role.number() as usize - 1]
     }
 

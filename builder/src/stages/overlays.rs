@@ -7,11 +7,11 @@
 
 use super::{Context, STAGE_FORMAT};
 use crate::cache::KeyBuilder;
-use crate::exec::Cmd;
+use ciab_core::exec::Cmd;
 use crate::progress::Outcome;
 use crate::stages::rootfs::Rootfs;
 use anyhow::{Context as _, Result};
-use ciab_firstboot::contract::{PartitionRole, BUNDLE_MOUNTPOINT};
+use ciab_core::contract::{PartitionRole, BUNDLE_MOUNTPOINT};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -8,10 +8,10 @@
 
 use super::{Context, STAGE_FORMAT};
 use crate::cache::KeyBuilder;
-use crate::exec::Cmd;
+use ciab_core::exec::Cmd;
 use crate::progress::Outcome;
 use anyhow::{bail, Context as _, Result};
-use ciab_firstboot::contract::PackageInfo;
+use ciab_core::contract::PackageInfo;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -79,7 +79,7 @@ fn build(ctx: &Context, out: &Path) -> Result<()> {
     fs::create_dir_all(&hook_dir)?;
     let hook = hook_dir.join("ciab-modules");
     fs::write(&hook, initramfs_hook(&spec.boot.initrd_modules))?;
-    let q = |p: &Path| crate::exec::shell_quote(&p.to_string_lossy());
+    let q = |p: &Path| ciab_core::exec::shell_quote(&p.to_string_lossy());
     let essential = vec![
         "mkdir -p \"$1\"/etc/initramfs-tools/conf.d \"$1\"/etc/initramfs-tools/hooks".to_owned(),
         "printf 'MODULES=list\\nCOMPRESS=zstd\\n' > \"$1\"/etc/initramfs-tools/conf.d/ciab.conf".to_owned(),
@@ -125,7 +125,7 @@ pub fn mmdebstrap(ctx: &Context, d: &Debootstrap, tree: &Path) -> Result<()> {
     let spec = ctx.spec;
     let debs = ctx.cache.debs_dir();
     fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
-    let q = |p: &Path| crate::exec::shell_quote(&p.to_string_lossy());
+    let q = |p: &Path| ciab_core::exec::shell_quote(&p.to_string_lossy());
     let mut cmd = Cmd::new("mmdebstrap")
         .package("mmdebstrap")
         .env("SOURCE_DATE_EPOCH", spec.source_date_epoch.to_string())

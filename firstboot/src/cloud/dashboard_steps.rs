@@ -30,10 +30,10 @@ impl Step<Ctx> for HorizonStep {
         let cp = ctx.plan()?.control_plane.context("a cloud profile's plan has a control plane")?;
         let (uid, gid) = super::keys::system_user(&root, "horizon")?;
         let settings = horizon::settings(&HorizonConf { endpoints: &endpoints(ctx)?, addresses: &addresses(ctx)? });
-        crate::atomic::write_atomic(&root.join(horizon::SETTINGS), settings.as_bytes())?;
+        ciab_core::atomic::write_atomic(&root.join(horizon::SETTINGS), settings.as_bytes())?;
         // Signs sessions and CSRF tokens: per box, readable by Horizon only.
         let key_file = root.join(horizon::SECRET_KEY_FILE);
-        crate::atomic::write_atomic_mode(&key_file, secret(ctx, "horizon-secret-key")?.as_bytes(), 0o600)?;
+        ciab_core::atomic::write_atomic_mode(&key_file, secret(ctx, "horizon-secret-key")?.as_bytes(), 0o600)?;
         super::keys::chown(&key_file, (uid, gid))?;
         let logs = root.join("var/log/horizon");
         std::fs::create_dir_all(&logs)?;
@@ -46,8 +46,8 @@ impl Step<Ctx> for HorizonStep {
             ..Uwsgi::api("horizon", horizon::BIND, "/usr/share/openstack-dashboard/wsgi.py", "horizon", cp.workers.horizon)
         };
         let ini_path = Uwsgi::ini_path(ini.name);
-        crate::atomic::write_atomic(&root.join(&ini_path), ini.ini().as_bytes())?;
-        crate::atomic::write_atomic(&root.join(format!("etc/systemd/system/{}.service", horizon::UNIT)), horizon::unit(&format!("/{ini_path}")).as_bytes())?;
+        ciab_core::atomic::write_atomic(&root.join(&ini_path), ini.ini().as_bytes())?;
+        ciab_core::atomic::write_atomic(&root.join(format!("etc/systemd/system/{}.service", horizon::UNIT)), horizon::unit(&format!("/{ini_path}")).as_bytes())?;
         service::start_in_background(&[horizon::UNIT])?;
         println!("ciab-firstboot: horizon: starting on {}, served at {} through the front end", horizon::BIND, horizon::WEBROOT);
         set_stamp(ctx, "horizon")

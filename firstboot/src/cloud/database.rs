@@ -89,7 +89,7 @@ pub fn run_sql(state_dir: &Path, database: Option<&str>, sql: &str) -> Result<()
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    crate::atomic::write_atomic_mode(&file, sql.as_bytes(), 0o600)?;
+    ciab_core::atomic::write_atomic_mode(&file, sql.as_bytes(), 0o600)?;
     let result = source(database, &file);
     let _ = std::fs::remove_file(&file);
     result
@@ -112,7 +112,7 @@ pub fn wait_socket(timeout: std::time::Duration) -> Result<()> {
 
 /// `mariadb [database] -e "source FILE"` as root over the socket.
 pub fn source(database: Option<&str>, file: &Path) -> Result<()> {
-    let mut cmd = crate::exec::Cmd::new("mariadb").package("mariadb-client").args(["--protocol=socket", &format!("--socket={SOCKET}"), "-uroot"]);
+    let mut cmd = ciab_core::exec::Cmd::new("mariadb").package("mariadb-client").args(["--protocol=socket", &format!("--socket={SOCKET}"), "-uroot"]);
     if let Some(db) = database {
         cmd = cmd.arg(format!("--database={db}"));
     }
@@ -147,7 +147,7 @@ pub fn load_schemas(mut loads: Vec<Load>, parallel: usize) -> Result<()> {
                         if let Some(dir) = load.stamp.parent() {
                             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                         }
-                        crate::atomic::write_atomic(&load.stamp, b"")?;
+                        ciab_core::atomic::write_atomic(&load.stamp, b"")?;
                         println!("ciab-firstboot: database: {} loaded in {:.1} s", load.database, t0.elapsed().as_secs_f64());
                     }
                     Ok(())
@@ -164,7 +164,7 @@ pub fn load_schemas(mut loads: Vec<Load>, parallel: usize) -> Result<()> {
 /// The rows of a query without secrets in it (it goes on the command line),
 /// tab-separated, as root over the socket.
 pub fn query(sql: &str) -> Result<String> {
-    crate::exec::Cmd::new("mariadb")
+    ciab_core::exec::Cmd::new("mariadb")
         .package("mariadb-client")
         .args(["--protocol=socket", &format!("--socket={SOCKET}"), "-uroot", "--batch", "--skip-column-names", "-e", sql])
         .run()

@@ -8,7 +8,7 @@
 use super::catalog::GLANCE;
 use super::rest::{expect, request, upload};
 use super::steps::{admin, has_cloud, set_stamp, stamp};
-use crate::contract::{BundleGuestImage, BUNDLE_MOUNTPOINT};
+use ciab_core::contract::{BundleGuestImage, BUNDLE_MOUNTPOINT};
 use crate::engine::Step;
 use crate::steps::Ctx;
 use anyhow::{bail, Context, Result};

@@ -35,7 +35,7 @@ pub fn ensure_repository(dir: &Path, owner: (u32, u32)) -> Result<usize> {
         if std::fs::read(&path).map(|k| k.len() == 44).unwrap_or(false) {
             continue;
         }
-        crate::atomic::write_atomic_mode(&path, fernet_key()?.as_bytes(), 0o600)?;
+        ciab_core::atomic::write_atomic_mode(&path, fernet_key()?.as_bytes(), 0o600)?;
         chown(&path, owner)?;
         created += 1;
     }

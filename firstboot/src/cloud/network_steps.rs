@@ -43,12 +43,12 @@ impl Step<Ctx> for OvnStep {
         let id = root.join(ovn::SYSTEM_ID);
         if !id.exists() {
             std::fs::create_dir_all(id.parent().context("parent")?)?;
-            crate::atomic::write_atomic(&id, format!("{}\n", crate::secrets::uuid4()?).as_bytes())?;
+            ciab_core::atomic::write_atomic(&id, format!("{}\n", crate::secrets::uuid4()?).as_bytes())?;
         }
-        crate::atomic::write_atomic(&root.join(ovn::CENTRAL_DEFAULTS), ovn::central_defaults().as_bytes())?;
+        ciab_core::atomic::write_atomic(&root.join(ovn::CENTRAL_DEFAULTS), ovn::central_defaults().as_bytes())?;
         let provider = ovn::Provider::from_site(ctx.site()?.network.floating_range)?;
-        crate::atomic::write_atomic(&root.join(ovn::PROVIDER_NETWORK_FILE), provider.networkd_unit().as_bytes())?;
-        crate::atomic::write_atomic(&root.join(ovn::FORWARDING_SYSCTL), ovn::forwarding_sysctl().as_bytes())?;
+        ciab_core::atomic::write_atomic(&root.join(ovn::PROVIDER_NETWORK_FILE), provider.networkd_unit().as_bytes())?;
+        ciab_core::atomic::write_atomic(&root.join(ovn::FORWARDING_SYSCTL), ovn::forwarding_sysctl().as_bytes())?;
         std::fs::write(root.join("proc/sys/net/ipv4/ip_forward"), "1\n").context("enabling IPv4 forwarding")?;
         service::start_in_background(ovn::UNITS)?;
         println!("ciab-firstboot: ovn: Open vSwitch, the OVN databases, ovn-northd and ovn-controller starting");
@@ -64,8 +64,8 @@ impl NeutronStep {
     fn chassis(ctx: &Ctx) -> Result<()> {
         service::wait_active(CHASSIS_UNITS, Duration::from_secs(300))?;
         let site = ctx.site()?;
-        crate::exec::Cmd::new("ovs-vsctl").package("openvswitch-switch").args(ovn::chassis_args(&site.hostname)).run().context("making this host an OVN gateway chassis")?;
-        crate::exec::Cmd::new("networkctl").package("systemd").arg("reload").run()?;
+        ciab_core::exec::Cmd::new("ovs-vsctl").package("openvswitch-switch").args(ovn::chassis_args(&site.hostname)).run().context("making this host an OVN gateway chassis")?;
+        ciab_core::exec::Cmd::new("networkctl").package("systemd").arg("reload").run()?;
         Ok(())
     }
 }

@@ -45,7 +45,7 @@ impl Step<Ctx> for SwiftStep {
         let hash = swift::swift_conf(&secret(ctx, "swift-hash-prefix")?, &secret(ctx, "swift-hash-suffix")?);
         write_private_conf(&root, swift::SWIFT_CONF, &hash.render(), "swift")?;
         for (unit, conf, app, port) in swift::SERVERS {
-            crate::atomic::write_atomic(&root.join(conf), swift::server_conf(app, *port, cp.workers.swift_storage).render().as_bytes())?;
+            ciab_core::atomic::write_atomic(&root.join(conf), swift::server_conf(app, *port, cp.workers.swift_storage).render().as_bytes())?;
             write_dropin(&root, &format!("{unit}.service"), &service::requires_mounts_dropin(&[swift::DEVICE_PATH]))?;
         }
         let proxy = swift::proxy_conf(&swift::ProxyConf { endpoints: &endpoints(ctx)?, service_password: &secret(ctx, "swift-service")?, processes: cp.workers.swift_proxy });

@@ -97,8 +97,8 @@ impl Pki {
             let key = KeyPair::generate().context("generating the CA key")?;
             let cert = ca_params(hostname)?.self_signed(&key).context("signing the CA certificate")?;
             // Key first: a CA certificate without its key would be kept forever.
-            crate::atomic::write_atomic_mode(&self.ca_key(), key.serialize_pem().as_bytes(), 0o600)?;
-            crate::atomic::write_atomic_mode(&self.ca_cert(), cert.pem().as_bytes(), 0o644)?;
+            ciab_core::atomic::write_atomic_mode(&self.ca_key(), key.serialize_pem().as_bytes(), 0o600)?;
+            ciab_core::atomic::write_atomic_mode(&self.ca_cert(), cert.pem().as_bytes(), 0o644)?;
         }
         if !self.is_complete(names) {
             self.issue_server(names)?;
@@ -133,10 +133,10 @@ impl Pki {
         let key = KeyPair::generate().context("generating the server key")?;
         let cert = params.signed_by(&key, &ca, &ca_key).context("signing the server certificate")?;
         let chain = format!("{}{}", cert.pem(), ca_pem);
-        crate::atomic::write_atomic_mode(&self.server_key(), key.serialize_pem().as_bytes(), 0o600)?;
-        crate::atomic::write_atomic_mode(&self.server_cert(), chain.as_bytes(), 0o644)?;
-        crate::atomic::write_atomic_mode(&self.server_pem(), format!("{chain}{}", key.serialize_pem()).as_bytes(), 0o600)?;
-        crate::atomic::write_atomic(&self.names_file(), &serde_json::to_vec_pretty(names)?)
+        ciab_core::atomic::write_atomic_mode(&self.server_key(), key.serialize_pem().as_bytes(), 0o600)?;
+        ciab_core::atomic::write_atomic_mode(&self.server_cert(), chain.as_bytes(), 0o644)?;
+        ciab_core::atomic::write_atomic_mode(&self.server_pem(), format!("{chain}{}", key.serialize_pem()).as_bytes(), 0o600)?;
+        ciab_core::atomic::write_atomic(&self.names_file(), &serde_json::to_vec_pretty(names)?)
     }
 }
 

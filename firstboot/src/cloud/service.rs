@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 /// six units: 13 reloads, 276 s). The rc.d links the hook keeps in step mean
 /// nothing here: systemd ignores an init.d script whose unit is native.
 fn systemctl(args: &[&str]) -> Result<String> {
-    crate::exec::Cmd::new("systemctl").package("systemd").env("SYSTEMCTL_SKIP_SYSV", "1").args(args).run()
+    ciab_core::exec::Cmd::new("systemctl").package("systemd").env("SYSTEMCTL_SKIP_SYSV", "1").args(args).run()
 }
 
 /// Unmasks and enables `units` and reloads systemd once, which also picks
@@ -145,7 +145,7 @@ pub fn wait_active(units: &[&str], timeout: Duration) -> Result<()> {
 
 /// The unit's last journal lines, for an error on the status page.
 pub fn journal_tail(unit: &str) -> String {
-    let out = crate::exec::Cmd::new("journalctl").args(["-u", unit, "-n", "12", "--no-pager", "-o", "cat"]).run().unwrap_or_default();
+    let out = ciab_core::exec::Cmd::new("journalctl").args(["-u", unit, "-n", "12", "--no-pager", "-o", "cat"]).run().unwrap_or_default();
     format!("last lines of {unit}'s journal:\n{}", out.trim_end())
 }
 
@@ -178,7 +178,7 @@ pub fn requires_mounts_dropin(paths: &[&str]) -> String {
 /// The HTTP status `url` answers with (curl, trusting `ca` for https), or
 /// `None` when nothing answers.
 pub fn http_status(url: &str, ca: Option<&str>) -> Option<u16> {
-    let mut cmd = crate::exec::Cmd::new("curl").package("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30"]);
+    let mut cmd = ciab_core::exec::Cmd::new("curl").package("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30"]);
     if let Some(ca) = ca {
         cmd = cmd.args(["--cacert", ca]);
     }

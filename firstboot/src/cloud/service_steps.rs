@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 pub(super) fn write_private_conf(root: &Path, rel: &str, text: &str, group_of: &str) -> Result<()> {
     let path = root.join(rel);
     std::fs::create_dir_all(path.parent().context("parent")?)?;
-    crate::atomic::write_atomic_mode(&path, text.as_bytes(), 0o640)?;
+    ciab_core::atomic::write_atomic_mode(&path, text.as_bytes(), 0o640)?;
     let (_, gid) = keys::system_user(root, group_of)?;
     keys::chown(&path, (0, gid))
 }
@@ -53,15 +53,15 @@ impl Step<Ctx> for MessagingStep {
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let root = ctx.root.clone();
         let cp = ctx.plan()?.control_plane.context("a cloud profile's plan has a control plane")?;
-        crate::atomic::write_atomic(&root.join(messaging::MEMCACHED_CONF), messaging::memcached_conf(&cp.memcached).as_bytes())?;
+        ciab_core::atomic::write_atomic(&root.join(messaging::MEMCACHED_CONF), messaging::memcached_conf(&cp.memcached).as_bytes())?;
         let rabbit = keys::system_user(&root, "rabbitmq")?;
-        crate::atomic::write_atomic(&root.join(messaging::RABBITMQ_CONF), messaging::rabbitmq_conf(&cp.rabbitmq).as_bytes())?;
-        crate::atomic::write_atomic(&root.join(messaging::RABBITMQ_ENV), messaging::rabbitmq_env().as_bytes())?;
+        ciab_core::atomic::write_atomic(&root.join(messaging::RABBITMQ_CONF), messaging::rabbitmq_conf(&cp.rabbitmq).as_bytes())?;
+        ciab_core::atomic::write_atomic(&root.join(messaging::RABBITMQ_ENV), messaging::rabbitmq_env().as_bytes())?;
         let definitions = messaging::definitions(&secret(ctx, messaging::RABBIT_SECRET)?, messaging::random_salt()?);
         write_private_conf(&root, messaging::DEFINITIONS, &definitions, "rabbitmq")?;
         let cookie = root.join(messaging::ERLANG_COOKIE);
         if !cookie.exists() {
-            crate::atomic::write_atomic_mode(&cookie, messaging::erlang_cookie()?.as_bytes(), 0o400)?;
+            ciab_core::atomic::write_atomic_mode(&cookie, messaging::erlang_cookie()?.as_bytes(), 0o400)?;
             keys::chown(&cookie, rabbit)?;
         }
         write_dropin(&root, "epmd.socket", &messaging::epmd_socket_dropin())?;
@@ -159,7 +159,7 @@ fn probe_kvm(root: &Path) -> bool {
     if !dev.exists() {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         if let Some(module) = nova::kvm_module(&cpuinfo) {
-            if let Err(e) = crate::exec::Cmd::new("modprobe").package("kmod").arg(module).run() {
+            if let Err(e) = ciab_core::exec::Cmd::new("modprobe").package("kmod").arg(module).run() {
                 println!("ciab-firstboot: nova: modprobe {module}: {e:#}");
             }
             let until = Instant::now() + Duration::from_secs(20);
@@ -337,7 +337,7 @@ impl Step<Ctx> for FrontendStep {
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let pem = pki_of(ctx).server_pem().display().to_string();
-        crate::atomic::write_atomic(&ctx.root.join(frontend::CONF), frontend::haproxy_cfg(&pem, catalog::APIS).as_bytes())?;
+        ciab_core::atomic::write_atomic(&ctx.root.join(frontend::CONF), frontend::haproxy_cfg(&pem, catalog::APIS).as_bytes())?;
         service::start(&["haproxy"], true)?;
         // Keystone first, on loopback, with an API's patience: resumed after
         // a crash, every configured service restarts at once, and under TCG

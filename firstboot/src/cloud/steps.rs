@@ -35,7 +35,7 @@ pub(super) fn stamp(ctx: &Ctx, name: &str) -> PathBuf {
 pub(super) fn set_stamp(ctx: &Ctx, name: &str) -> Result<()> {
     let path = stamp(ctx, name);
     std::fs::create_dir_all(path.parent().context("stamp path")?)?;
-    crate::atomic::write_atomic(&path, b"")
+    ciab_core::atomic::write_atomic(&path, b"")
 }
 
 pub(super) fn secret(ctx: &Ctx, name: &str) -> Result<String> {
@@ -102,7 +102,7 @@ pub fn is_trusted(root: &Path, ca_pem: &str) -> bool {
 pub fn trust(root: &Path, ca_pem: &str) -> Result<()> {
     let local = root.join(LOCAL_TRUST);
     std::fs::create_dir_all(local.parent().context("parent")?)?;
-    crate::atomic::write_atomic(&local, ca_pem.as_bytes())?;
+    ciab_core::atomic::write_atomic(&local, ca_pem.as_bytes())?;
     let bundle = root.join(TRUST_BUNDLE);
     let mut text = std::fs::read_to_string(&bundle).unwrap_or_default();
     if !text.contains(ca_pem.trim()) {
@@ -111,7 +111,7 @@ pub fn trust(root: &Path, ca_pem: &str) -> Result<()> {
         }
         text.push_str(ca_pem);
         std::fs::create_dir_all(bundle.parent().context("parent")?)?;
-        crate::atomic::write_atomic(&bundle, text.as_bytes())?;
+        ciab_core::atomic::write_atomic(&bundle, text.as_bytes())?;
     }
     Ok(())
 }
@@ -173,7 +173,7 @@ impl DatabaseStep {
         let mysql = keys::system_user(root, "mysql")?;
         keys::chown(&datadir, mysql)?;
         if !datadir.join("mysql").is_dir() {
-            crate::exec::Cmd::new("mariadb-install-db")
+            ciab_core::exec::Cmd::new("mariadb-install-db")
                 .package("mariadb-server")
                 .args(["--user=mysql", "--datadir=/var/lib/mysql", "--auth-root-authentication-method=socket", "--skip-test-db"])
                 .run()?;
@@ -197,7 +197,7 @@ impl Step<Ctx> for DatabaseStep {
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let cp = ctx.plan()?.control_plane.context("a cloud profile's plan has a control plane")?;
-        crate::atomic::write_atomic(&ctx.root.join(database::SERVER_CNF), database::server_cnf(&cp).render().as_bytes())?;
+        ciab_core::atomic::write_atomic(&ctx.root.join(database::SERVER_CNF), database::server_cnf(&cp).render().as_bytes())?;
         // The volume is a `nofail` mount that boot does not wait for: without
         // this a later boot starts MariaDB on the empty mount point.
         write_dropin(&ctx.root, "mariadb.service", &service::requires_mounts_dropin(&["/var/lib/mysql"]))?;
@@ -244,7 +244,7 @@ pub(super) fn write_dropin(root: &Path, unit: &str, sections: &str) -> Result<()
 pub(super) fn write_named_dropin(root: &Path, unit: &str, name: &str, sections: &str) -> Result<()> {
     let path = root.join(format!("etc/systemd/system/{unit}.d/{name}.conf"));
     std::fs::create_dir_all(path.parent().context("parent")?)?;
-    crate::atomic::write_atomic(&path, format!("# Written by ciab-firstboot.\n{sections}").as_bytes())
+    ciab_core::atomic::write_atomic(&path, format!("# Written by ciab-firstboot.\n{sections}").as_bytes())
 }
 
 /// Writes `api`'s uwsgi ini and the drop-in that runs `unit` from it (and
@@ -253,7 +253,7 @@ pub(super) fn install_uwsgi(root: &Path, unit: &str, api: &Uwsgi, data: &[&str])
     let ini = Uwsgi::ini_path(api.name);
     let path = root.join(&ini);
     std::fs::create_dir_all(path.parent().context("parent")?)?;
-    crate::atomic::write_atomic(&path, api.ini().as_bytes())?;
+    ciab_core::atomic::write_atomic(&path, api.ini().as_bytes())?;
     let mut dropin = super::uwsgi::dropin(&format!("/{ini}"));
     if !data.is_empty() {
         dropin.push_str(&service::requires_mounts_dropin(data));
@@ -284,7 +284,7 @@ impl Step<Ctx> for KeystoneStep {
         let user = keys::system_user(&root, "keystone")?;
         let url = db_url(ctx, "keystone", "keystone")?;
         let conf = root.join(keystone::CONF);
-        crate::atomic::write_atomic_mode(&conf, keystone::conf(&url, &endpoints, (cp.db_max_pool_size, cp.db_max_overflow)).render().as_bytes(), 0o640)?;
+        ciab_core::atomic::write_atomic_mode(&conf, keystone::conf(&url, &endpoints, (cp.db_max_pool_size, cp.db_max_overflow)).render().as_bytes(), 0o640)?;
         keys::chown(&conf, (0, user.1))?;
         keys::ensure_repository(&root.join(keystone::FERNET_KEYS), user)?;
         keys::ensure_repository(&root.join(keystone::CREDENTIAL_KEYS), user)?;
@@ -300,7 +300,7 @@ impl Step<Ctx> for KeystoneStep {
         service::start(&[KEYSTONE.unit], true)?;
         let t0 = std::time::Instant::now();
         let password = secret(ctx, "keystone-admin")?;
-        crate::exec::Cmd::new("runuser")
+        ciab_core::exec::Cmd::new("runuser")
             .package("util-linux")
             .args(["-u", "keystone", "--", "keystone-manage"])
             .args(keystone::bootstrap_args(&endpoints))
@@ -428,7 +428,7 @@ impl Step<Ctx> for IdentityStep {
         ];
         let path = ctx.root.join(CLOUDS_YAML);
         std::fs::create_dir_all(path.parent().context("parent")?)?;
-        crate::atomic::write_atomic_mode(&path, keystone::clouds_yaml(&endpoints, &clouds, &pki.ca_cert().display().to_string()).as_bytes(), 0o600)?;
+        ciab_core::atomic::write_atomic_mode(&path, keystone::clouds_yaml(&endpoints, &clouds, &pki.ca_cert().display().to_string()).as_bytes(), 0o600)?;
         let summary = CloudSummary {
             identity_url: endpoints.public("identity"),
             dashboard_url: endpoints.public(&format!("{}/", super::horizon::WEBROOT.trim_start_matches('/'))),
@@ -437,7 +437,7 @@ impl Step<Ctx> for IdentityStep {
             users: vec![("admin".into(), "admin".into()), (MEMBER_USER.into(), format!("member of {MEMBER_PROJECT}"))],
             credentials: format!("/{CLOUDS_YAML} on the box (root only): clouds admin and {MEMBER_PROJECT}"),
         };
-        crate::atomic::write_atomic(&ctx.state_dir.join(CLOUD_SUMMARY), &serde_json::to_vec_pretty(&summary)?)?;
+        ciab_core::atomic::write_atomic(&ctx.state_dir.join(CLOUD_SUMMARY), &serde_json::to_vec_pretty(&summary)?)?;
         println!("ciab-firstboot: identity: projects {SERVICE_PROJECT} and {MEMBER_PROJECT}, user {MEMBER_USER} (member); credentials in /{CLOUDS_YAML}");
         println!("ciab-firstboot: identity: catalog: {}", registered.join(", "));
         set_stamp(ctx, "identity")

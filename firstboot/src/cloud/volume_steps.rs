@@ -9,7 +9,7 @@ use super::steps::{addresses, db_url, endpoints, has_cloud, secret};
 use super::uwsgi::Uwsgi;
 use super::{cinder, messaging, service};
 use crate::engine::Step;
-use crate::exec::Cmd;
+use ciab_core::exec::Cmd;
 use crate::steps::Ctx;
 use anyhow::{Context, Result};
 

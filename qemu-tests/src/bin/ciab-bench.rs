@@ -22,7 +22,7 @@
 //! (as root; all when no argument is given).
 
 use anyhow::{Context, Result};
-use ciab_builder::exec::Cmd;
+use ciab_core::exec::Cmd;
 use ciab_builder::qemu::{Firmware, Machine, Network};
 use ciab_qemu_tests::harness::Vm;
 use ciab_qemu_tests::images;
@@ -113,7 +113,7 @@ fn build_bench() -> Result<()> {
 
 fn plain_mmdebstrap(spec: &ciab_builder::spec::Spec, debs: &Path, tree: &Path) -> Result<()> {
     let sources = ciab_builder::mirror::resolve(spec.debian.mirror.as_deref(), spec.debian.security_mirror.as_deref(), Path::new("/etc/apt"))?;
-    let q = |p: &Path| ciab_builder::exec::shell_quote(&p.to_string_lossy());
+    let q = |p: &Path| ciab_core::exec::shell_quote(&p.to_string_lossy());
     let mut cmd = Cmd::new("mmdebstrap")
         .arg("--mode=root")
         .arg(format!("--variant={}", spec.debian.variant))
@@ -143,7 +143,7 @@ fn time_to_ready(image: &Path, firmware: Firmware) -> Result<Duration> {
     m.network = Network::None;
     let t = Instant::now();
     let vm = Vm::start(&m)?;
-    vm.wait_for_line(ciab_firstboot::contract::READY_LINE, Duration::from_secs(300))?;
+    vm.wait_for_line(ciab_core::contract::READY_LINE, Duration::from_secs(300))?;
     Ok(t.elapsed())
 }
 
@@ -244,7 +244,7 @@ fn installer_time(work: &Path) -> Result<Duration> {
     ];
     let t = Instant::now();
     let vm = Vm::start(&m)?;
-    vm.wait_for_line(ciab_firstboot::contract::INSTALLED_LINE, Duration::from_secs(600))?;
+    vm.wait_for_line(ciab_core::contract::INSTALLED_LINE, Duration::from_secs(600))?;
     Ok(t.elapsed())
 }
 

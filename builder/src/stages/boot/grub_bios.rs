@@ -199,7 +199,7 @@ pub fn make_core_img_with_modules(input: &BiosBootInput, modules: &[&str]) -> Re
         .with_context(|| format!("cannot write {}", cfg_path.display()))?;
     let _ = std::fs::remove_file(&core_path);
 
-    crate::exec::Cmd::new("grub-mkimage")
+    ciab_core::exec::Cmd::new("grub-mkimage")
         .package("grub-pc-bin")
         .env("LC_ALL", "C")
         .arg("--format=i386-pc")

@@ -14,7 +14,7 @@ use crate::cache::KeyBuilder;
 use crate::progress::Outcome;
 use crate::stages::rootfs::Rootfs;
 use anyhow::{bail, Context as _, Result};
-use ciab_firstboot::contract::PartitionRole;
+use ciab_core::contract::PartitionRole;
 use std::fs;
 use std::path::{Path, PathBuf};
 

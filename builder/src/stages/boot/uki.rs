@@ -5,7 +5,7 @@
 //! section at its section alignment; `.linux` goes last because the kernel
 //! may grow past its file size when it decompresses in place.
 
-use crate::exec::Cmd;
+use ciab_core::exec::Cmd;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 

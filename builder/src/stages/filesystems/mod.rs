@@ -11,7 +11,7 @@ pub mod ext4_times;
 
 use super::{Context, STAGE_FORMAT};
 use crate::cache::KeyBuilder;
-use crate::exec::Cmd;
+use ciab_core::exec::Cmd;
 use crate::progress::Outcome;
 use crate::stages::{boot::Boot, bundle::Bundle, overlays::Tree};
 use anyhow::{bail, Context as _, Result};

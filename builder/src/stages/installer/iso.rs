@@ -15,7 +15,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use std::path::Path;
-use ciab_firstboot::exec::Cmd;
+use ciab_core::exec::Cmd;
 use std::process::Command;
 
 pub struct IsoInput<'a> {

@@ -1,5 +1,5 @@
 //! Picking kernel module files for an initramfs from `modules.dep`; the
-//! installer loads them (`ciab_firstboot::installer::kmod`).
+//! installer loads them (`ciab_installer::kmod`).
 
 use anyhow::{Context, Result, bail};
 use std::collections::{HashMap, HashSet};

@@ -17,11 +17,11 @@ pub mod kmod;
 
 use super::{Context, STAGE_FORMAT};
 use crate::cache::KeyBuilder;
-use crate::exec::Cmd;
+use ciab_core::exec::Cmd;
 use crate::progress::Outcome;
 use crate::stages::{disk::Disk, manifest::Signed, rootfs::Rootfs};
 use anyhow::{bail, Context as _, Result};
-use ciab_firstboot::contract::{
+use ciab_core::contract::{
     InstallerInfo, Manifest, OutputFile, INSTALLER_DATA_FILE, INSTALLER_FILE, INSTALLER_MODULE_LIST, INSTALLER_PAYLOAD_DIR,
     INSTALLER_SIG_FILE, INSTALLER_TRUSTED_KEY, MANIFEST_FILE, MANIFEST_SCHEMA, MANIFEST_SIG_FILE,
 };

@@ -10,9 +10,9 @@ pub mod kmod;
 pub mod medium;
 pub mod target;
 
-use crate::blockdev::BlockDevice;
-use crate::contract::{PartitionRole, INSTALLED_LINE, INSTALLER_MODULE_LIST, INSTALLER_TRUSTED_KEY};
-use crate::flash::{self, Image, Phase, Source, Target};
+use ciab_core::blockdev::BlockDevice;
+use ciab_core::contract::{PartitionRole, INSTALLED_LINE, INSTALLER_MODULE_LIST, INSTALLER_TRUSTED_KEY};
+use ciab_core::flash::{self, Image, Phase, Source, Target};
 use anyhow::{bail, Context, Result};
 use console::Console;
 use std::path::Path;
@@ -146,7 +146,7 @@ fn install(con: &Console) -> Result<Outcome> {
         let esp = m.partitions.iter().find(|p| p.role == PartitionRole::Esp).context("the manifest lists no ESP")?;
         fat::write_file(&target.path, esp.offset, esp.size, "ciab", "site.toml", text.as_bytes())
             .context("copying the site config to the installed ESP")?;
-        con.line(&format!("copied {} to the installed ESP:/{}", site.source, crate::contract::ESP_SITE_CONFIG));
+        con.line(&format!("copied {} to the installed ESP:/{}", site.source, ciab_core::contract::ESP_SITE_CONFIG));
     }
     // The console adds the `ciab-installer: ` prefix the marker begins with.
     let marker = INSTALLED_LINE.trim_start_matches("ciab-installer: ");

@@ -22,6 +22,10 @@ pub const BUNDLE_INDEX_FILE: &str = "bundle.json";
 pub const ESP_SITE_CONFIG: &str = "ciab/site.toml";
 /// Where the box mounts the bundle partition.
 pub const BUNDLE_MOUNTPOINT: &str = "/var/lib/ciab/bundle";
+
+/// Where the box's offline registry listens (overlays/registry/etc/docker/registry/config.yml);
+/// the builder points containerd's mirrors at it.
+pub const REGISTRY_ADDR: &str = "127.0.0.1:5050";
 /// Marker line the first-boot service prints when the box is ready.
 pub const READY_LINE: &str = "ciab-firstboot: ready";
 

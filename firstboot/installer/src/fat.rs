@@ -124,7 +124,7 @@ pub fn write_file(dev: &Path, start: u64, len: u64, dir: &str, name: &str, data:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::Cmd;
+    use ciab_core::exec::Cmd;
 
     #[test]
     fn reads_and_writes_a_file_in_a_fat_image_at_an_offset() {

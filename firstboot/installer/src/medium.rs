@@ -1,10 +1,10 @@
 //! The installer's own medium (the ISO, on a USB stick or virtual CD) and
 //! the site configuration an operator may have put beside it.
 
-use crate::blockdev::BlockDevice;
-use crate::contract::{Manifest, INSTALLER_DATA_FILE, INSTALLER_EFI_LABEL, INSTALLER_PAYLOAD_DIR, MANIFEST_FILE, MANIFEST_SIG_FILE};
-use crate::site::SiteConfig;
-use crate::site_source::CONFIG_LABEL;
+use ciab_core::blockdev::BlockDevice;
+use ciab_core::contract::{Manifest, INSTALLER_DATA_FILE, INSTALLER_EFI_LABEL, INSTALLER_PAYLOAD_DIR, MANIFEST_FILE, MANIFEST_SIG_FILE};
+use ciab_firstboot::site::SiteConfig;
+use ciab_firstboot::site_source::CONFIG_LABEL;
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -102,8 +102,8 @@ pub fn find_site(medium_disk: &str) -> Result<FoundSite> {
     }
     for d in devices.iter().filter(|d| disk_of(d) == medium_disk) {
         if super::fat::label(&d.path).as_deref() == Some(INSTALLER_EFI_LABEL) {
-            if let Some(text) = super::fat::read_file(&d.path, crate::contract::ESP_SITE_CONFIG)? {
-                let source = format!("{INSTALLER_EFI_LABEL} ({}):/{}", d.name, crate::contract::ESP_SITE_CONFIG);
+            if let Some(text) = super::fat::read_file(&d.path, ciab_core::contract::ESP_SITE_CONFIG)? {
+                let source = format!("{INSTALLER_EFI_LABEL} ({}):/{}", d.name, ciab_core::contract::ESP_SITE_CONFIG);
                 let config = SiteConfig::parse(&source, &text)?;
                 return Ok(FoundSite { source, config, text: Some(text), disk: None });
             }
@@ -112,7 +112,7 @@ pub fn find_site(medium_disk: &str) -> Result<FoundSite> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if let Some(config) = SiteConfig::from_kernel_cmdline(&cmdline)? {
         let text = toml::to_string(&config).context("writing the kernel command line's site config as TOML")?;
-        return Ok(FoundSite { source: crate::site::KERNEL_CMDLINE.into(), config, text: Some(text), disk: None });
+        return Ok(FoundSite { source: ciab_firstboot::site::KERNEL_CMDLINE.into(), config, text: Some(text), disk: None });
     }
     Ok(FoundSite { source: "defaults".into(), config: SiteConfig::default(), text: None, disk: None })
 }

@@ -2,7 +2,7 @@
 //! the largest non-removable disk that is not the installer's own medium.
 //! An ambiguous choice is an error, never a guess.
 
-use crate::blockdev::BlockDevice;
+use ciab_core::blockdev::BlockDevice;
 use anyhow::{bail, Result};
 use std::os::unix::fs::FileExt;
 
