@@ -8,6 +8,7 @@ pub mod bmap;
 pub mod build;
 pub mod cache;
 pub mod cli;
+pub mod dates;
 pub mod doctor;
 pub mod flash;
 pub mod fsutil;

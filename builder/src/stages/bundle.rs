@@ -157,7 +157,7 @@ fn add_guest_images(ctx: &Context, rootfs: &Rootfs, tree: &Path, work: &Path) ->
             // The disk the image needs: its virtual size, whole GiB.
             min_disk_gib: disk_bytes.div_ceil(1 << 30),
             min_ram_mib: g.min_ram_mib.unwrap_or(if g.build == Some(GuestBuild::Tiny) { 128 } else { 512 }),
-            properties: guest_properties(ctx, g, &made),
+            properties: guest_properties(ctx, g, &made)?,
             packages: match &made {
                 Made::Debian(guest) => guest.packages.clone(),
                 Made::Tiny { .. } | Made::Downloaded => vec![],
@@ -220,7 +220,7 @@ enum Made<'a> {
 /// scs-0102 (image metadata), under the spec's own. A builder-made image is
 /// private (made here, not an upstream image), built from Debian packages
 /// at the build's date; a downloaded one comes from its URL.
-fn guest_properties(ctx: &Context, g: &GuestImageSpec, made: &Made) -> BTreeMap<String, String> {
+fn guest_properties(ctx: &Context, g: &GuestImageSpec, made: &Made) -> Result<BTreeMap<String, String>> {
     let mut p: BTreeMap<String, String> = [
         ("architecture", "x86_64"),
         ("hw_disk_bus", "virtio"),
@@ -242,7 +242,7 @@ fn guest_properties(ctx: &Context, g: &GuestImageSpec, made: &Made) -> BTreeMap<
             set("os_purpose", "minimal".into());
             set("image_source", "private".into());
             set("image_description", format!("ciab's tiny test guest: Debian kernel {kernel} and busybox; takes an address by DHCP, serves a page on port 80, prints \"{}\" lines on its console", super::guest::MARKER));
-            set("image_build_date", build_date(ctx.epoch()));
+            set("image_build_date", crate::dates::build_date(ctx.epoch())?);
             set("image_original_user", "none".into());
             set("replace_frequency", "never".into());
         }
@@ -261,7 +261,7 @@ fn guest_properties(ctx: &Context, g: &GuestImageSpec, made: &Made) -> BTreeMap<
                     super::debian_guest::DEFAULT_USER
                 ),
             );
-            set("image_build_date", build_date(ctx.epoch()));
+            set("image_build_date", crate::dates::build_date(ctx.epoch())?);
             set("image_original_user", super::debian_guest::DEFAULT_USER.into());
             // Rebuilt with the box's image, not on a schedule of its own.
             set("replace_frequency", "never".into());
@@ -282,12 +282,7 @@ fn guest_properties(ctx: &Context, g: &GuestImageSpec, made: &Made) -> BTreeMap<
     for (k, v) in &g.properties {
         p.insert(k.clone(), v.clone());
     }
-    p
-}
-
-/// `YYYY-MM-DD` of a Unix time (UTC), for `image_build_date`.
-fn build_date(epoch: i64) -> String {
-    super::manifest::iso8601(epoch)[..10].to_owned()
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -302,12 +297,5 @@ mod guest_tests {
         std::fs::write(&raw, vec![0u8; 4096]).unwrap();
         let err = format!("{:#}", super::qcow2_virtual_size(&raw).unwrap_err());
         assert!(err.contains("is not a qcow2 image"), "{err}");
-    }
-
-    #[test]
-    fn build_dates_are_civil_dates() {
-        assert_eq!(super::build_date(0), "1970-01-01");
-        assert_eq!(super::build_date(951_782_400), "2000-02-29");
-        assert_eq!(super::build_date(1_767_225_599), "2025-12-31");
     }
 }

@@ -139,23 +139,6 @@ fn build_manifest(ctx: &Context, input: &ManifestInput, sbom: &Path, bmap: Optio
     })
 }
 
-/// `2025-01-01T00:00:00Z` from a Unix timestamp (UTC, proleptic Gregorian).
-pub fn iso8601(epoch: i64) -> String {
-    let days = epoch.div_euclid(86_400);
-    let secs = epoch.rem_euclid(86_400);
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
-}
-
 fn spdx_id(prefix: &str, name: &str, i: usize) -> String {
     let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect();
     format!("SPDXRef-{prefix}-{i}-{clean}")
@@ -174,7 +157,7 @@ pub fn sbom_json(ctx: &Context, packages: &[PackageInfo], bundle: &BundleIndex) 
         "name": format!("ciab-{}-{}", spec.name, spec.version),
         "documentNamespace": format!("urn:ciab:spdx:{}:{}:{}", spec.name, spec.version, ctx.spec_sha256),
         "creationInfo": {
-            "created": iso8601(spec.source_date_epoch),
+            "created": crate::dates::iso8601(spec.source_date_epoch)?,
             "creators": [format!("Tool: ciab-{}", env!("CARGO_PKG_VERSION"))],
         },
         "packages": spdx_packages,
@@ -277,13 +260,6 @@ fn purl_escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn iso_dates() {
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
-        assert_eq!(iso8601(1_735_689_600), "2025-01-01T00:00:00Z");
-        assert_eq!(iso8601(951_782_400 + 3661), "2000-02-29T01:01:01Z");
-    }
 
     #[test]
     fn a_built_guest_images_packages_are_its_own_in_the_sbom() {
