@@ -11,6 +11,7 @@ pub mod cli;
 pub mod dates;
 pub mod doctor;
 pub mod flash;
+pub mod guests;
 pub mod fsutil;
 pub mod fetch;
 pub mod lock;

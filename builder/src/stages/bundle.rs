@@ -4,8 +4,8 @@
 //!   Distribution's layout, served on the box by `docker-registry`;
 //! - every artifact at its `dest`;
 //! - `guest-images/<name>.<format>`: the disk images first boot registers in
-//!   Glance: made by the builder (`stages::guest`, from the rootfs's kernel
-//!   and busybox; `stages::debian_guest`, a Debian cloud image) or
+//!   Glance: made by the builder (`guests::tiny`, from the rootfs's kernel
+//!   and busybox; `guests::debian`, a Debian cloud image) or
 //!   downloaded like artifacts (upstream cloud images);
 //! - `bundle.json`: the index (image reference → digest, artifact → sha256).
 //!
@@ -16,6 +16,7 @@
 use super::{Context, STAGE_FORMAT};
 use crate::cache::KeyBuilder;
 use crate::fetch::Fetcher;
+use crate::guests::{debian, tiny};
 use crate::oci::distribution;
 use crate::progress::Outcome;
 use anyhow::{bail, Context as _, Result};
@@ -52,12 +53,12 @@ pub fn key(ctx: &Context, rootfs: &Rootfs) -> Result<String> {
         // Guest images are made from the rootfs; without them the bundle
         // does not depend on it and survives package changes.
         k.add("guest_images", serde_json::to_string(&ctx.spec.guest_images)?)
-            .add("guest_layout", super::guest::LAYOUT)
+            .add("guest_layout", tiny::LAYOUT)
             .add("rootfs", &rootfs.key)
             .add("grub-mkimage", ctx.tool("grub-mkimage"))
             .add("mkfs.vfat", ctx.tool("mkfs.vfat"));
         for g in ctx.spec.guest_images.iter().filter(|g| g.build == Some(GuestBuild::Debian)) {
-            k.add(&format!("guest:{}", g.name), super::debian_guest::key(ctx, &g.name));
+            k.add(&format!("guest:{}", g.name), debian::key(ctx, &g.name));
         }
     }
     Ok(k.finish())
@@ -121,7 +122,7 @@ fn add_guest_images(ctx: &Context, rootfs: &Rootfs, tree: &Path, work: &Path) ->
         let (disk_format, disk_bytes, made) = match (g.build, g.download_artifact()) {
             (Some(GuestBuild::Tiny), _) => {
                 let stem = g.name.replace(' ', "-");
-                super::guest::build(&super::guest::GuestInput {
+                tiny::build(&tiny::GuestInput {
                     tree: &rootfs.tree,
                     kernel: &rootfs.kernel,
                     name: &stem,
@@ -133,7 +134,7 @@ fn add_guest_images(ctx: &Context, rootfs: &Rootfs, tree: &Path, work: &Path) ->
                 ("raw".to_owned(), std::fs::metadata(&out)?.len(), Made::Tiny { kernel: &rootfs.kernel })
             }
             (Some(GuestBuild::Debian), _) => {
-                let guest = super::debian_guest::build(ctx, &g.name).with_context(|| format!("building guest image {}", g.name))?;
+                let guest = debian::build(ctx, &g.name).with_context(|| format!("building guest image {}", g.name))?;
                 if std::fs::hard_link(&guest.disk, &out).is_err() {
                     std::fs::copy(&guest.disk, &out).with_context(|| format!("copying guest image {:?} into the bundle", g.name))?;
                 }
@@ -212,7 +213,7 @@ fn qcow2_virtual_size(path: &Path) -> Result<u64> {
 enum Made<'a> {
     /// From the image's own kernel (`kernel`) and busybox.
     Tiny { kernel: &'a str },
-    Debian(super::debian_guest::DebianGuest),
+    Debian(debian::DebianGuest),
     Downloaded,
 }
 
@@ -241,7 +242,7 @@ fn guest_properties(ctx: &Context, g: &GuestImageSpec, made: &Made) -> Result<BT
             set("os_version", (*kernel).into());
             set("os_purpose", "minimal".into());
             set("image_source", "private".into());
-            set("image_description", format!("ciab's tiny test guest: Debian kernel {kernel} and busybox; takes an address by DHCP, serves a page on port 80, prints \"{}\" lines on its console", super::guest::MARKER));
+            set("image_description", format!("ciab's tiny test guest: Debian kernel {kernel} and busybox; takes an address by DHCP, serves a page on port 80, prints \"{}\" lines on its console", tiny::MARKER));
             set("image_build_date", crate::dates::build_date(ctx.epoch())?);
             set("image_original_user", "none".into());
             set("replace_frequency", "never".into());
@@ -258,11 +259,11 @@ fn guest_properties(ctx: &Context, g: &GuestImageSpec, made: &Made) -> Result<BT
                     guest.version,
                     guest.suite,
                     guest.kernel,
-                    super::debian_guest::DEFAULT_USER
+                    debian::DEFAULT_USER
                 ),
             );
             set("image_build_date", crate::dates::build_date(ctx.epoch())?);
-            set("image_original_user", super::debian_guest::DEFAULT_USER.into());
+            set("image_original_user", debian::DEFAULT_USER.into());
             // Rebuilt with the box's image, not on a schedule of its own.
             set("replace_frequency", "never".into());
         }

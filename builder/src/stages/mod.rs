@@ -5,11 +5,9 @@
 
 pub mod boot;
 pub mod bundle;
-pub mod debian_guest;
 pub mod disk;
 pub mod filesystems;
 pub mod formats;
-pub mod guest;
 pub mod installer;
 pub mod manifest;
 pub mod overlays;

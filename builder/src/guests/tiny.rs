@@ -16,10 +16,10 @@
 //! by `boot::grub_bios`. Same inputs, same bytes (fixed ids from the name,
 //! times pinned to the build's epoch).
 
-use super::boot::grub_bios;
-use super::disk::{self, Layout, Slot};
-use super::installer::{cpio, kmod};
-use super::DiskIds;
+use crate::stages::boot::grub_bios;
+use crate::stages::disk::{self, Layout, Slot};
+use crate::stages::installer::{cpio, kmod};
+use crate::stages::DiskIds;
 use ciab_core::exec::Cmd;
 use anyhow::{bail, Context as _, Result};
 use ciab_core::contract::PartitionRole;
