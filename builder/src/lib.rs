@@ -4,16 +4,16 @@
 //! each verb lives in its own module.
 
 pub mod blockmap;
-pub mod bmap;
 pub mod build;
 pub mod cache;
 pub mod cli;
 pub mod dates;
 pub mod doctor;
 pub mod flash;
-pub mod guests;
 pub mod fsutil;
+pub mod guests;
 pub mod fetch;
+pub mod kmod;
 pub mod lock;
 pub mod mirror;
 pub mod oci;
@@ -25,3 +25,4 @@ pub mod spec;
 pub mod stages;
 pub mod tree;
 pub mod verify;
+pub mod writers;

@@ -1,7 +1,7 @@
 //! A Debian generic cloud image the builder makes (`build = "debian"`): the
 //! spec's suite from the spec's mirror, made by mmdebstrap like the image's
 //! own tree, with Debian's cloud kernel, cloud-init, OpenSSH and netplan, on
-//! a BIOS-bootable disk ([`super::tiny::write_bios_disk`]) whose ext4 root
+//! a BIOS-bootable disk ([`crate::writers::bios_disk`]) whose ext4 root
 //! partition is last, so cloud-init's growpart grows it to the server's disk.
 //!
 //! GRUB's menu sits on the small FAT partition and loads `/vmlinuz` and
@@ -16,11 +16,11 @@
 //! Cached by its own key (the suite, the mirror, the packages, the tools),
 //! not the image's tree: a changed image package list does not rebuild it.
 
-use super::tiny::{write_bios_disk, BiosDisk};
 use crate::cache::KeyBuilder;
-use crate::stages::filesystems::{ext4_from_tree, Ext4};
 use crate::stages::rootfs::{self, Debootstrap};
 use crate::stages::{Context, DiskIds, STAGE_FORMAT};
+use crate::writers::bios_disk::{write_bios_disk, BiosDisk};
+use crate::writers::ext4::{ext4_from_tree, Ext4};
 use anyhow::{bail, Context as _, Result};
 use ciab_core::contract::PackageInfo;
 use std::fs;

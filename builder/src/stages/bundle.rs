@@ -19,6 +19,7 @@ use crate::fetch::Fetcher;
 use crate::guests::{debian, tiny};
 use crate::oci::distribution;
 use crate::progress::Outcome;
+use crate::writers::qcow2;
 use anyhow::{bail, Context as _, Result};
 use crate::spec::{GuestBuild, GuestImageSpec};
 use crate::stages::rootfs::Rootfs;
@@ -143,7 +144,7 @@ fn add_guest_images(ctx: &Context, rootfs: &Rootfs, tree: &Path, work: &Path) ->
             (None, Some(artifact)) => {
                 let download = g.download.as_ref().context("a download")?;
                 fetch_guest_image(ctx, g, &artifact, &out)?;
-                let bytes = if download.disk_format == "qcow2" { qcow2_virtual_size(&out).with_context(|| format!("guest image {:?} ({})", g.name, download.url))? } else { std::fs::metadata(&out)?.len() };
+                let bytes = if download.disk_format == "qcow2" { qcow2::virtual_size(&out).with_context(|| format!("guest image {:?} ({})", g.name, download.url))? } else { std::fs::metadata(&out)?.len() };
                 (download.disk_format.clone(), bytes, Made::Downloaded)
             }
             _ => bail!("guest image {:?} is neither built nor downloaded", g.name),
@@ -194,19 +195,6 @@ fn fetch_guest_image(ctx: &Context, g: &GuestImageSpec, artifact: &crate::spec::
         std::fs::copy(&from, out).with_context(|| format!("copying guest image {:?} into the bundle", g.name))?;
     }
     Ok(())
-}
-
-/// A qcow2 file's virtual disk size (its header's `size` field).
-fn qcow2_virtual_size(path: &Path) -> Result<u64> {
-    use std::io::Read as _;
-    let mut header = [0u8; 32];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut header))
-        .with_context(|| format!("reading the header of {}", path.display()))?;
-    if &header[..4] != b"QFI\xfb" {
-        bail!("{} is not a qcow2 image, but the spec says disk_format = \"qcow2\"", path.display());
-    }
-    Ok(u64::from_be_bytes(header[24..32].try_into()?))
 }
 
 /// How a guest image came to be, for its properties.
@@ -284,19 +272,4 @@ fn guest_properties(ctx: &Context, g: &GuestImageSpec, made: &Made) -> Result<BT
         p.insert(k.clone(), v.clone());
     }
     Ok(p)
-}
-
-#[cfg(test)]
-mod guest_tests {
-    #[test]
-    fn qcow2_virtual_size_is_read_from_the_header() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = dir.path().join("x.qcow2");
-        ciab_core::exec::Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&q).arg("3G").run().unwrap();
-        assert_eq!(super::qcow2_virtual_size(&q).unwrap(), 3 << 30);
-        let raw = dir.path().join("x.raw");
-        std::fs::write(&raw, vec![0u8; 4096]).unwrap();
-        let err = format!("{:#}", super::qcow2_virtual_size(&raw).unwrap_err());
-        assert!(err.contains("is not a qcow2 image"), "{err}");
-    }
 }

@@ -1,13 +1,13 @@
-//! Stage `formats`: derived disk formats. qcow2 is the raw disk converted by
-//! `qemu-img` with zstd compression (holes stay unallocated).
+//! Stage `formats`: the disk formats derived from the raw disk (qcow2, by
+//! [`crate::writers::qcow2`]).
 
 use super::{Context, STAGE_FORMAT};
 use crate::cache::KeyBuilder;
-use ciab_core::exec::Cmd;
 use crate::progress::Outcome;
 use crate::spec::OutputFormat;
 use crate::stages::disk::Disk;
-use anyhow::{Context as _, Result};
+use crate::writers::qcow2;
+use anyhow::Result;
 use std::path::PathBuf;
 
 /// Output of the formats stage: the derived files (raw is the disk stage's).
@@ -29,13 +29,7 @@ pub fn run(ctx: &Context, disk: &Disk) -> Result<(Formats, Outcome, Option<u64>)
     let (dir, cached) = ctx.cache.get_or_build("formats", &key, |tmp| {
         for f in &wanted {
             if *f == OutputFormat::Qcow2 {
-                Cmd::new("qemu-img")
-                    .package("qemu-utils")
-                    .args(["convert", "-q", "-f", "raw", "-O", "qcow2", "-c", "-o", "compression_type=zstd"])
-                    .arg(&disk.raw)
-                    .arg(tmp.join(format!("{name}.qcow2")))
-                    .run()
-                    .context("converting the raw disk to qcow2")?;
+                qcow2::convert(&disk.raw, &tmp.join(format!("{name}.qcow2")))?;
             }
         }
         Ok(())

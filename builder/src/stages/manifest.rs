@@ -48,7 +48,7 @@ pub fn run(ctx: &Context, input: &ManifestInput) -> Result<(Signed, Outcome, Opt
         let block_map = crate::blockmap::block_map(&input.disk.raw)?;
         let bmap = ctx.spec.formats.contains(&OutputFormat::Raw).then(|| tmp.join(bmap_name(ctx)));
         if let Some(bmap) = &bmap {
-            std::fs::write(bmap, crate::bmap::render(input.disk.layout.size, &block_map)?)?;
+            std::fs::write(bmap, crate::writers::bmap::render(input.disk.layout.size, &block_map)?)?;
         }
         let manifest = build_manifest(ctx, input, &tmp.join(SBOM_FILE), bmap.as_deref(), block_map)?;
         let json = serde_json::to_vec_pretty(&manifest)?;
@@ -127,7 +127,7 @@ fn build_manifest(ctx: &Context, input: &ManifestInput, sbom: &Path, bmap: Optio
         outputs,
         disk: DiskInfo {
             size: input.disk.layout.size,
-            sector_size: crate::stages::disk::SECTOR,
+            sector_size: crate::writers::gpt::SECTOR,
             disk_guid: ctx.ids.disk_guid.to_string(),
             block_map,
         },

@@ -1,7 +1,10 @@
-//! The build stages of DESIGN.md §1, each in its own module, each a function
-//! from the build context and upstream outputs to a cached output directory.
+//! The build stages, in the order of the README's *Layout* section, each in
+//! its own module, each a function from the build context and upstream
+//! outputs to a cached output directory. A stage computes its cache key,
+//! calls the writers ([`crate::writers`]) and records its output.
 //!
 //! rootfs → overlays → bundle (with guest images) → boot → filesystems → disk → formats → manifest
+//! (→ installer, when the spec asks for `iso`)
 
 pub mod boot;
 pub mod bundle;

@@ -1,10 +1,13 @@
-//! Deterministic inode timestamps for an ext4 image file, without mounting it.
+//! ext4 file systems made from a directory tree, with the build's clock in
+//! every inode: [`ext4_from_tree`] runs `mkfs.ext4 -d` with fixed ids and fake
+//! time, then [`normalize_inode_times`] rewrites what mke2fs took from the
+//! host, without mounting the image.
 //!
 //! `mkfs.ext4 -d <tree>` copies atime/mtime/ctime (and stamps crtime) from the
 //! build host, and ctime cannot be controlled from user space, so two builds of
-//! the same tree never produce the same image. This module rewrites the
-//! timestamp fields of every in-use inode directly in the image file and
-//! re-seals the inode checksums, so `e2fsck -f` stays clean.
+//! the same tree never produce the same image. [`normalize_inode_times`]
+//! rewrites the timestamp fields of every in-use inode directly in the image
+//! file and re-seals the inode checksums, so `e2fsck -f` stays clean.
 //!
 //! Only inode tables are written. Superblock, group descriptors and bitmaps are
 //! read but never modified, so their checksums stay valid untouched.
@@ -15,9 +18,43 @@
 //! `ext4_group_desc_csum()` and `ext4_superblock_csum()` (fs/ext4/super.c).
 
 use anyhow::{Context, Result, bail, ensure};
+use ciab_core::exec::Cmd;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+/// The identity of an ext4 file system ciab makes.
+pub struct Ext4<'a> {
+    pub label: &'a str,
+    pub uuid: uuid::Uuid,
+    pub hash_seed: uuid::Uuid,
+    /// Every inode's times.
+    pub epoch: i64,
+}
+
+/// `out`: an ext4 file system of `size_mib` holding `tree`, the same bytes
+/// from the same tree (mke2fs with fake time and fixed ids, then every
+/// inode's times normalized: mke2fs copies ctimes from the host).
+pub fn ext4_from_tree(fs: &Ext4, tree: &Path, out: &Path, size_mib: u64) -> Result<()> {
+    let epoch = fs.epoch.to_string();
+    Cmd::new("mkfs.ext4")
+        .package("e2fsprogs")
+        .env("E2FSPROGS_FAKE_TIME", &epoch)
+        .env("SOURCE_DATE_EPOCH", &epoch)
+        .args(["-q", "-F", "-t", "ext4", "-L", fs.label, "-m", "1"])
+        .arg("-U")
+        .arg(fs.uuid.to_string())
+        .arg("-E")
+        .arg(format!("hash_seed={},lazy_itable_init=1", fs.hash_seed))
+        .arg("-d")
+        .arg(tree)
+        .arg(out)
+        .arg(format!("{size_mib}M"))
+        .run()?;
+    normalize_inode_times(out, u32::try_from(fs.epoch).context("source_date_epoch out of range")?)
+        .with_context(|| format!("normalizing inode times in {}", out.display()))?;
+    Ok(())
+}
 
 // ---- superblock (offsets relative to the superblock, which lives at byte 1024)
 const SB_OFFSET: u64 = 1024;

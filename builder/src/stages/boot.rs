@@ -4,15 +4,14 @@
 //! initrd + command line + os-release in one signed-able PE file). Legacy BIOS
 //! boots GRUB from the `bios` partition, which reads `grub/grub.cfg`, the
 //! kernel and the initrd from the same ESP. Both paths start the very same
-//! kernel with the very same command line.
-
-pub mod grub_bios;
-pub mod uki;
+//! kernel with the very same command line. The UKI and GRUB's images are
+//! written by [`crate::writers::uki`] and [`crate::writers::grub_bios`].
 
 use super::{Context, STAGE_FORMAT};
 use crate::cache::KeyBuilder;
 use crate::progress::Outcome;
 use crate::stages::rootfs::Rootfs;
+use crate::writers::{grub_bios, uki};
 use anyhow::{bail, Context as _, Result};
 use ciab_core::contract::PartitionRole;
 use std::fs;

@@ -1,5 +1,5 @@
-//! Picking kernel module files for an initramfs from `modules.dep`; the
-//! installer loads them (`ciab_installer::kmod`).
+//! Picking kernel module files for an initramfs from `modules.dep`: the
+//! installer's (which `ciab_installer::kmod` loads) and the tiny guest's.
 
 use anyhow::{Context, Result, bail};
 use std::collections::{HashMap, HashSet};

@@ -10,13 +10,14 @@
 //!
 //! The ISO embeds the signed manifest, so the manifest cannot name the ISO;
 //! `installer.json` (signed with the same key) does, with the ISO's block map.
-
-pub mod cpio;
-pub mod iso;
-pub mod kmod;
+//!
+//! The initramfs, the UKI and the ISO are written by [`crate::writers::cpio`],
+//! [`crate::writers::uki`] and [`crate::writers::iso`].
 
 use super::{Context, STAGE_FORMAT};
 use crate::cache::KeyBuilder;
+use crate::kmod;
+use crate::writers::{cpio, iso, uki};
 use ciab_core::exec::Cmd;
 use crate::progress::Outcome;
 use crate::stages::{disk::Disk, manifest::Signed, rootfs::Rootfs};
@@ -119,7 +120,7 @@ fn build(ctx: &Context, input: &InstallerInput, out: &Path) -> Result<()> {
     let kernel = input.rootfs.tree.join(format!("boot/vmlinuz-{}", input.rootfs.kernel));
     let uki = work.join("installer.efi");
     let os_release = format!("NAME=\"ciab installer\"\nID=ciab-installer\nPRETTY_NAME=\"ciab installer for {} {}\"\n", ctx.spec.name, ctx.spec.version);
-    crate::stages::boot::uki::build(&crate::stages::boot::uki::UkiInput {
+    uki::build(&uki::UkiInput {
         stub: &input.rootfs.tree.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub"),
         kernel: &kernel,
         initrd: &initrd,

@@ -7,13 +7,12 @@
 //! - `esp.img`: FAT32 with a fixed volume id (`mkfs.vfat --invariant` + `mcopy -m`).
 //! - `bundle.img`: squashfs, read-only by construction, reproducible.
 
-pub mod ext4_times;
-
 use super::{Context, STAGE_FORMAT};
 use crate::cache::KeyBuilder;
 use ciab_core::exec::Cmd;
 use crate::progress::Outcome;
 use crate::stages::{boot::Boot, bundle::Bundle, overlays::Tree};
+use crate::writers::ext4::{ext4_from_tree, Ext4};
 use anyhow::{bail, Context as _, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -73,39 +72,6 @@ fn make_ext4(ctx: &Context, tree: &Path, out: &Path) -> Result<()> {
     }
     let fs = Ext4 { label: "root-a", uuid: ctx.ids.root_fs_uuid, hash_seed: ctx.ids.root_hash_seed, epoch: ctx.epoch() };
     ext4_from_tree(&fs, tree, out, size_mib).context("building the root filesystem")
-}
-
-/// The identity of an ext4 file system ciab makes.
-pub struct Ext4<'a> {
-    pub label: &'a str,
-    pub uuid: uuid::Uuid,
-    pub hash_seed: uuid::Uuid,
-    /// Every inode's times.
-    pub epoch: i64,
-}
-
-/// `out`: an ext4 file system of `size_mib` holding `tree`, the same bytes
-/// from the same tree (mke2fs with fake time and fixed ids, then every
-/// inode's times normalized: mke2fs copies ctimes from the host).
-pub fn ext4_from_tree(fs: &Ext4, tree: &Path, out: &Path, size_mib: u64) -> Result<()> {
-    let epoch = fs.epoch.to_string();
-    Cmd::new("mkfs.ext4")
-        .package("e2fsprogs")
-        .env("E2FSPROGS_FAKE_TIME", &epoch)
-        .env("SOURCE_DATE_EPOCH", &epoch)
-        .args(["-q", "-F", "-t", "ext4", "-L", fs.label, "-m", "1"])
-        .arg("-U")
-        .arg(fs.uuid.to_string())
-        .arg("-E")
-        .arg(format!("hash_seed={},lazy_itable_init=1", fs.hash_seed))
-        .arg("-d")
-        .arg(tree)
-        .arg(out)
-        .arg(format!("{size_mib}M"))
-        .run()?;
-    ext4_times::normalize_inode_times(out, u32::try_from(fs.epoch).context("source_date_epoch out of range")?)
-        .with_context(|| format!("normalizing inode times in {}", out.display()))?;
-    Ok(())
 }
 
 fn make_esp(ctx: &Context, tree: &Path, out: &Path) -> Result<()> {
