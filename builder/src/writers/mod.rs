@@ -10,4 +10,5 @@ pub mod gpt;
 pub mod grub_bios;
 pub mod iso;
 pub mod qcow2;
+pub mod spdx;
 pub mod uki;
