@@ -3,15 +3,10 @@
 //! `ciab_core::contract`, shared with the builder and the installer.
 
 pub mod cloud;
-pub mod discover;
+pub mod ctx;
 pub mod engine;
-pub mod journal;
-pub mod network;
+pub mod host;
+pub mod model;
 pub mod status;
-pub mod plan;
-pub mod registry;
-pub mod secrets;
-pub mod site;
-pub mod site_source;
+
 pub mod steps;
-pub mod storage;

@@ -5,7 +5,8 @@ use anyhow::{Context, Result};
 use ciab_firstboot::engine::{ConsoleReporter, Engine, MultiReporter, RunOutcome};
 use ciab_firstboot::status::{self, SdNotifyReporter, StatusServer};
 use ciab_core::contract;
-use ciab_firstboot::{journal::Journal, steps};
+use ciab_firstboot::engine::journal::Journal;
+use ciab_firstboot::steps;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
@@ -78,7 +79,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             }
         }
         Command::Discover => {
-            println!("{}", serde_json::to_string_pretty(&ciab_firstboot::discover::discover(Path::new("/"))?)?);
+            println!("{}", serde_json::to_string_pretty(&ciab_firstboot::model::hardware::discover(Path::new("/"))?)?);
             Ok(0)
         }
     }
@@ -92,7 +93,7 @@ fn peak_rss_kib() -> Option<u64> {
 
 fn run(state_dir: &Path) -> Result<i32> {
     std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
-    let mut ctx = steps::Ctx::new(Path::new("/"), state_dir);
+    let mut ctx = ciab_firstboot::ctx::Ctx::new(Path::new("/"), state_dir);
     ctx.resume();
     let mut engine = Engine::new(journal_path(state_dir), steps::all())?;
     let mut reporter = MultiReporter(vec![Box::new(ConsoleReporter::stdout()), Box::new(SdNotifyReporter::from_env(true))]);

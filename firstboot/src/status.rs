@@ -29,7 +29,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::engine::{format_duration, Reporter, RetryInfo, RunOutcome, StepInfo, StepOutcome};
-use crate::journal::{now_unix, Journal, StepRecord, StepState};
+use crate::engine::journal::{now_unix, Journal, StepRecord, StepState};
 
 // ---------------------------------------------------------------------------
 // Text and JSON
@@ -671,14 +671,14 @@ fn serve_connection(
     }
 }
 
-fn cloud_summary(journal_path: &Path) -> Option<crate::cloud::steps::CloudSummary> {
-    let path = journal_path.parent()?.join(crate::cloud::steps::CLOUD_SUMMARY);
+fn cloud_summary(journal_path: &Path) -> Option<crate::cloud::identity::CloudSummary> {
+    let path = journal_path.parent()?.join(crate::cloud::identity::CLOUD_SUMMARY);
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// The cloud's section of the status page: where to reach it and who can
 /// log in; passwords stay in the box's clouds.yaml.
-pub fn render_cloud_html(s: &crate::cloud::steps::CloudSummary) -> String {
+pub fn render_cloud_html(s: &crate::cloud::identity::CloudSummary) -> String {
     let mut out = format!("<h2>Cloud</h2>\n<p id=\"cloud\">Identity API (Keystone): <code>{}</code>, region <code>{}</code>.<br>", html_escape(&s.identity_url), html_escape(&s.region));
     if !s.dashboard_url.is_empty() {
         let url = html_escape(&s.dashboard_url);
@@ -836,7 +836,7 @@ impl Reporter for SdNotifyReporter {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::journal::{OverallState, StepRecord};
+    use crate::engine::journal::{OverallState, StepRecord};
     use std::sync::atomic::AtomicU64;
 
     fn sample() -> Journal {
@@ -978,7 +978,7 @@ mod tests {
         assert!(!page.contains("ca.crt") && !page.contains("id=\"cloud\""));
         std::fs::create_dir_all(dir.path().join("pki")).unwrap();
         std::fs::write(dir.path().join("pki/ca.crt"), "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n").unwrap();
-        let summary = crate::cloud::steps::CloudSummary {
+        let summary = crate::cloud::identity::CloudSummary {
             identity_url: "https://localhost:8443/identity".into(),
             dashboard_url: "https://localhost:8443/horizon/".into(),
             region: "RegionOne".into(),
@@ -986,7 +986,7 @@ mod tests {
             users: vec![("demo".into(), "member of <demo>".into())],
             credentials: "/root/.config/openstack/clouds.yaml on the box (root only)".into(),
         };
-        std::fs::write(dir.path().join(crate::cloud::steps::CLOUD_SUMMARY), serde_json::to_vec(&summary).unwrap()).unwrap();
+        std::fs::write(dir.path().join(crate::cloud::identity::CLOUD_SUMMARY), serde_json::to_vec(&summary).unwrap()).unwrap();
         let r = get(addr, "/ca.crt");
         assert_eq!(r.status, 200);
         assert!(String::from_utf8(r.body).unwrap().starts_with("-----BEGIN CERTIFICATE-----"));

@@ -23,6 +23,11 @@ pub const ESP_SITE_CONFIG: &str = "ciab/site.toml";
 /// Where the box mounts the bundle partition.
 pub const BUNDLE_MOUNTPOINT: &str = "/var/lib/ciab/bundle";
 
+/// Where a cloud image carries OpenStack's migrated schemas, one SQL dump per
+/// database (made at build time by `images/scripts/openstack.sh`); first
+/// boot loads them. An image without them has no cloud to configure.
+pub const OPENSTACK_SCHEMAS_DIR: &str = "usr/share/ciab/schemas";
+
 /// Where the box's offline registry listens (overlays/registry/etc/docker/registry/config.yml);
 /// the builder points containerd's mirrors at it.
 pub const REGISTRY_ADDR: &str = "127.0.0.1:5050";

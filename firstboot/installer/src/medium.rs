@@ -3,8 +3,8 @@
 
 use ciab_core::blockdev::BlockDevice;
 use ciab_core::contract::{Manifest, INSTALLER_DATA_FILE, INSTALLER_EFI_LABEL, INSTALLER_PAYLOAD_DIR, MANIFEST_FILE, MANIFEST_SIG_FILE};
-use ciab_firstboot::site::SiteConfig;
-use ciab_firstboot::site_source::CONFIG_LABEL;
+use ciab_firstboot::model::site::SiteConfig;
+use ciab_firstboot::model::site_source::CONFIG_LABEL;
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -112,7 +112,7 @@ pub fn find_site(medium_disk: &str) -> Result<FoundSite> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if let Some(config) = SiteConfig::from_kernel_cmdline(&cmdline)? {
         let text = toml::to_string(&config).context("writing the kernel command line's site config as TOML")?;
-        return Ok(FoundSite { source: ciab_firstboot::site::KERNEL_CMDLINE.into(), config, text: Some(text), disk: None });
+        return Ok(FoundSite { source: ciab_firstboot::model::site::KERNEL_CMDLINE.into(), config, text: Some(text), disk: None });
     }
     Ok(FoundSite { source: "defaults".into(), config: SiteConfig::default(), text: None, disk: None })
 }

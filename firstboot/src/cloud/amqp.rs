@@ -3,7 +3,7 @@
 //! first boot defined, without `rabbitmqctl` (a fresh Erlang VM per call,
 //! ~15 s under TCG).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

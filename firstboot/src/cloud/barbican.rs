@@ -5,16 +5,23 @@
 //! under uwsgi; with the queue and Keystone notifications off (Barbican's
 //! defaults) neither the worker nor the listener is needed.
 
-use super::catalog::KEY_MANAGER;
+use super::catalog::{Endpoints, KEY_MANAGER, endpoints};
 use super::ini::Ini;
-use super::{keystone, Endpoints};
+use super::keystone;
 use base64::Engine as _;
 use sha2::Digest as _;
+use anyhow::{Context, Result};
+use crate::ctx::Ctx;
+use crate::engine::Step;
+use super::uwsgi::{Uwsgi, api_started, start_api};
+use super::database::{db_url, pool};
 
 pub const CONF: &str = "etc/barbican/barbican.conf";
+
 /// The paste file barbican-wsgi-api loads; barbican-common's postinst
 /// copies it here from its template.
 pub const PASTE: &str = "etc/barbican/barbican-api-paste.ini";
+
 pub const PASTE_TEMPLATE: &str = "usr/share/barbican-common/barbican-api-paste.ini";
 
 /// The KEK: a Fernet key (base64 of 32 bytes), derived from the box's
@@ -43,6 +50,36 @@ pub fn conf(db_url: &str, endpoints: &Endpoints, service_password: &str, kek: &s
         .set("oslo_middleware", "enable_proxy_headers_parsing", true)
         .set("oslo_messaging_notifications", "driver", "noop");
     ini
+}
+
+pub struct BarbicanStep;
+
+impl Step<Ctx> for BarbicanStep {
+    fn name(&self) -> &'static str {
+        "barbican"
+    }
+    fn title(&self) -> &'static str {
+        "configure Barbican, the key manager"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["identity"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        api_started(ctx, &KEY_MANAGER)
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let cp = ctx.control_plane()?;
+        let paste = ctx.root.join(PASTE);
+        if !paste.exists() {
+            // barbican-common's postinst makes it from the template; an
+            // image without it would serve nothing.
+            std::fs::copy(ctx.root.join(PASTE_TEMPLATE), &paste).with_context(|| format!("copying /{} to /{}", PASTE_TEMPLATE, PASTE))?;
+        }
+        let kek = kek(&ctx.secret("barbican-kek")?);
+        let conf = conf(&db_url(ctx, "barbican", "barbican")?, &endpoints(ctx)?, &ctx.secret("barbican-service")?, &kek, pool(ctx)?);
+        let ini = Uwsgi::api("barbican-api", KEY_MANAGER.bind, "/usr/bin/barbican-wsgi-api", "barbican", cp.workers.barbican_api);
+        start_api(ctx, &KEY_MANAGER, &ini, (CONF, conf.render()), &[])
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! front end's routes, the catalog's endpoints and the final checks all come
 //! from this one table.
 
-use super::Endpoints;
+use anyhow::Result;
+use crate::ctx::Ctx;
+use crate::host::network::management_addresses;
 
 /// One OpenStack API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +181,41 @@ pub const S3: (&str, &str, &str) = ("object-store-s3", "swift-s3", "S3 API of th
 /// Every API the box serves, in the order they are brought up.
 pub const APIS: &[Api] = &[KEYSTONE, GLANCE, PLACEMENT, COMPUTE, NETWORK, BLOCK_STORAGE, OBJECT_STORE, LOAD_BALANCER, KEY_MANAGER];
 
+/// Where users reach the cloud: the site's public endpoint, or the box's own
+/// address on the front end's port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoints {
+    /// The public URL of the API behind `prefix` (`identity`, `compute`,
+    /// …); an empty prefix gives the bare `https://host[:port]`.
+    pub fn public(&self, prefix: &str) -> String {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let root = if self.port == 443 { format!("https://{host}") } else { format!("https://{host}:{}", self.port) };
+        if prefix.is_empty() {
+            root
+        } else {
+            format!("{root}/{prefix}")
+        }
+    }
+}
+
+/// Where users reach the cloud.
+pub fn endpoints(ctx: &Ctx) -> Result<Endpoints> {
+    let site = ctx.site()?;
+    if let Some(p) = &site.public_endpoint {
+        return Ok(Endpoints { host: p.host.clone(), port: p.port });
+    }
+    let host = management_addresses(ctx)?.first().map(|a| a.to_string()).unwrap_or_else(|| site.hostname.clone());
+    Ok(Endpoints { host, port: LISTEN_PORT })
+}
+
+/// The port HAProxy listens on, whatever the advertised port.
+pub const LISTEN_PORT: u16 = 443;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,7 +236,7 @@ mod tests {
         // Nothing else on the box may hold an API's port: the status page
         // (every address) and the offline registry (loopback). A clash
         // makes the API fail to start while the other answers its probe.
-        let taken = [crate::status::DEFAULT_PORT, crate::registry::ADDR.rsplit(':').next().unwrap().parse().unwrap(), super::super::horizon::BIND.rsplit(':').next().unwrap().parse().unwrap()];
+        let taken = [crate::status::DEFAULT_PORT, crate::host::registry::ADDR.rsplit(':').next().unwrap().parse().unwrap(), super::super::horizon::BIND.rsplit(':').next().unwrap().parse().unwrap()];
         for a in APIS {
             let port: u16 = a.bind.rsplit(':').next().unwrap().parse().unwrap();
             assert!(!taken.contains(&port), "{} on {} clashes with another service of the box", a.name, a.bind);
@@ -215,5 +252,13 @@ mod tests {
         assert_eq!(OBJECT_STORE.catalog_urls(&e)[0].1, "https://box/v1/AUTH_%(project_id)s");
         assert_eq!((OBJECT_STORE.front_path("/healthcheck"), GLANCE.front_path("/versions")), ("/healthcheck".to_owned(), "/image/versions".to_owned()));
         assert_eq!(APIS.iter().filter(|a| a.prefix.is_empty()).count(), 1, "one API at the root");
+    }
+
+    #[test]
+    fn public_urls_omit_the_default_port_and_bracket_ipv6() {
+        assert_eq!(Endpoints { host: "10.0.2.15".into(), port: 443 }.public("identity"), "https://10.0.2.15/identity");
+        assert_eq!(Endpoints { host: "localhost".into(), port: 15443 }.public("compute"), "https://localhost:15443/compute");
+        assert_eq!(Endpoints { host: "fd00::1".into(), port: 443 }.public("identity"), "https://[fd00::1]/identity");
+        assert_eq!(Endpoints { host: "localhost".into(), port: 15443 }.public(""), "https://localhost:15443");
     }
 }

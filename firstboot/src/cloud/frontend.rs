@@ -8,13 +8,19 @@
 //! `/` without credentials sends a browser to Horizon; with them it is S3's
 //! bucket list.
 
-use super::catalog::Api;
-use super::horizon;
+use super::catalog::LISTEN_PORT;
+use super::catalog::{Api, endpoints};
+use super::{catalog, horizon, service};
+use anyhow::Result;
+use crate::ctx::Ctx;
+use crate::engine::Step;
+use std::time::Duration;
+use super::service::API_TIMEOUT;
+use super::pki::pki_of;
 
 /// HAProxy's configuration file.
 pub const CONF: &str = "etc/haproxy/haproxy.cfg";
-/// The port HAProxy listens on, whatever the advertised port.
-pub const LISTEN_PORT: u16 = 443;
+
 
 /// haproxy.cfg for `routes`, with the certificate chain and key in `pem`.
 pub fn haproxy_cfg(pem: &str, routes: &[Api]) -> String {
@@ -46,6 +52,49 @@ use_backend dashboard if {{ path {webroot} }} || {{ path_beg {webroot}/ }}\n",
     }
     cfg.push_str(&format!("\nbackend dashboard\n    server dashboard {} check inter 10s\n", horizon::BIND));
     cfg
+}
+
+/// `api` through the front end, from the box itself, trusting what the box
+/// trusts (the pki step put the CA into the system bundle curl reads).
+pub fn local_url(api: &Api) -> String {
+    format!("https://127.0.0.1:{}{}", LISTEN_PORT, api.front_path(api.probe))
+}
+
+pub fn answers(api: &Api) -> bool {
+    service::http_status(&local_url(api), None).is_some_and(|c| c < 500)
+}
+
+pub struct FrontendStep;
+
+impl Step<Ctx> for FrontendStep {
+    fn name(&self) -> &'static str {
+        "frontend"
+    }
+    fn title(&self) -> &'static str {
+        "serve the APIs over TLS"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["pki", "keystone"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        let pem = pki_of(ctx).server_pem().display().to_string();
+        let configured = std::fs::read_to_string(ctx.root.join(CONF)).is_ok_and(|c| c == haproxy_cfg(&pem, catalog::APIS));
+        Ok(!ctx.has_cloud()? || (configured && service::is_active("haproxy") && answers(&catalog::KEYSTONE)))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let pem = pki_of(ctx).server_pem().display().to_string();
+        ciab_core::atomic::write_atomic(&ctx.root.join(CONF), haproxy_cfg(&pem, catalog::APIS).as_bytes())?;
+        service::start(&["haproxy"], true)?;
+        // Keystone first, on loopback, with an API's patience: resumed after
+        // a crash, every configured service restarts at once, and under TCG
+        // Keystone then took over 60 s to answer behind a front end that
+        // was up (two attempts in a row failed so in the e2e, 2026-12-02).
+        service::wait_http(&format!("{}{}", catalog::KEYSTONE.internal_url(), catalog::KEYSTONE.probe), None, catalog::KEYSTONE.unit, API_TIMEOUT)?;
+        service::wait_http(&local_url(&catalog::KEYSTONE), None, "haproxy", Duration::from_secs(60))?;
+        let e = endpoints(ctx)?;
+        println!("ciab-firstboot: frontend: identity API on {}", catalog::KEYSTONE.public_url(&e));
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,17 @@
 //! Glance, the image service: images in a file store on the box's `glance`
 //! volume, the API under uwsgi with the plan's process count.
 
-use super::catalog::GLANCE;
+use super::catalog::{Endpoints, GLANCE, endpoints};
 use super::ini::Ini;
-use super::{keystone, Endpoints};
+use super::{keys, keystone};
+use anyhow::Result;
+use crate::ctx::Ctx;
+use crate::engine::Step;
+use super::uwsgi::{Uwsgi, api_started, start_api};
+use super::database::{db_url, pool};
 
 pub const CONF: &str = "etc/glance/glance-api.conf";
+
 /// The `glance` volume's mount point (`steps::volumes`).
 pub const STORE: &str = "/var/lib/glance/images";
 
@@ -26,6 +32,32 @@ pub fn conf(db_url: &str, endpoints: &Endpoints, service_password: &str, pool: (
         .set("oslo_concurrency", "lock_path", "/var/lock/glance")
         .set("oslo_middleware", "enable_proxy_headers_parsing", true);
     ini
+}
+
+pub struct GlanceStep;
+
+impl Step<Ctx> for GlanceStep {
+    fn name(&self) -> &'static str {
+        "glance"
+    }
+    fn title(&self) -> &'static str {
+        "configure Glance, the image service"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["identity", "storage"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        api_started(ctx, &GLANCE)
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let cp = ctx.control_plane()?;
+        let store = ctx.root.join(STORE.trim_start_matches('/'));
+        std::fs::create_dir_all(&store)?;
+        keys::chown(&store, keys::system_user(&ctx.root, "glance")?)?;
+        let conf = conf(&db_url(ctx, "glance", "glance")?, &endpoints(ctx)?, &ctx.secret("glance-service")?, pool(ctx)?);
+        let ini = Uwsgi { streams_uploads: true, ..Uwsgi::api("glance-api", GLANCE.bind, "/usr/bin/glance-wsgi-api", "glance", cp.workers.glance) };
+        start_api(ctx, &GLANCE, &ini, (CONF, conf.render()), &[STORE])
+    }
 }
 
 #[cfg(test)]

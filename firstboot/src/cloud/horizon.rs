@@ -5,24 +5,36 @@
 //! configuration.
 
 use super::messaging::MEMCACHED;
-use super::Endpoints;
+use super::catalog::{Endpoints, endpoints};
 use std::net::IpAddr;
+use anyhow::Result;
+use crate::ctx::Ctx;
+use crate::engine::Step;
+use crate::host::network::management_addresses;
+use super::service;
+use super::uwsgi::Uwsgi;
 
 /// Where Horizon answers on the box; the front end routes `/horizon` here.
 pub const BIND: &str = "127.0.0.1:8090";
+
 /// Horizon's `WEBROOT` (Debian's `_0005_debian_webroot.py`): the path it
 /// serves under, unchanged by the front end.
 pub const WEBROOT: &str = "/horizon";
+
 /// The systemd unit ciab writes (Debian ships Horizon only as an Apache site).
 pub const UNIT: &str = "ciab-horizon";
+
 /// Read after Debian's `local_settings.d/_000N_debian_*.py`, so it wins.
 pub const SETTINGS: &str = "etc/openstack-dashboard/local_settings.d/_9000_ciab.py";
+
 /// Django's `SECRET_KEY`, which signs sessions and CSRF tokens: Debian's
 /// local_settings.py reads it from here (and would make one if missing).
 /// First boot writes the box's own, mode 0600.
 pub const SECRET_KEY_FILE: &str = "var/lib/openstack-dashboard/secret-key/.secret_key_store";
+
 /// The static files `manage.py collectstatic` and `compress` put there.
 pub const STATIC_ROOT: &str = "/var/lib/openstack-dashboard/static";
+
 /// The page the `apis` step and the tests wait for.
 pub const LOGIN_PATH: &str = "/horizon/auth/login/";
 
@@ -75,6 +87,50 @@ pub fn unit(ini_path: &str) -> String {
         "# Written by ciab-firstboot.\n[Unit]\nDescription=Horizon, the OpenStack dashboard (uwsgi)\nAfter=network-online.target memcached.service\n\n\
 [Service]\nExecStart=/usr/bin/uwsgi_python3 --ini {ini_path}\nRestart=on-failure\n\n[Install]\nWantedBy=multi-user.target\n"
     )
+}
+
+pub struct HorizonStep;
+
+impl Step<Ctx> for HorizonStep {
+    fn name(&self) -> &'static str {
+        "horizon"
+    }
+    fn title(&self) -> &'static str {
+        "configure Horizon, the dashboard"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["keystone", "messaging"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(!ctx.has_cloud()? || (ctx.stamp("horizon").exists() && service::is_up_or_starting(UNIT)))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let root = ctx.root.clone();
+        let cp = ctx.control_plane()?;
+        let (uid, gid) = super::keys::system_user(&root, "horizon")?;
+        let settings = settings(&HorizonConf { endpoints: &endpoints(ctx)?, addresses: &management_addresses(ctx)? });
+        ciab_core::atomic::write_atomic(&root.join(SETTINGS), settings.as_bytes())?;
+        // Signs sessions and CSRF tokens: per box, readable by Horizon only.
+        let key_file = root.join(SECRET_KEY_FILE);
+        ciab_core::atomic::write_atomic_mode(&key_file, ctx.secret("horizon-secret-key")?.as_bytes(), 0o600)?;
+        super::keys::chown(&key_file, (uid, gid))?;
+        let logs = root.join("var/log/horizon");
+        std::fs::create_dir_all(&logs)?;
+        super::keys::chown(&logs, (uid, gid))?;
+        let static_dir = STATIC_ROOT;
+        let static_url = format!("{}/static", WEBROOT);
+        let ini = Uwsgi {
+            static_map: Some((&static_url, static_dir)),
+            script_name: Some(WEBROOT),
+            ..Uwsgi::api("horizon", BIND, "/usr/share/openstack-dashboard/wsgi.py", "horizon", cp.workers.horizon)
+        };
+        let ini_path = Uwsgi::ini_path(ini.name);
+        ciab_core::atomic::write_atomic(&root.join(&ini_path), ini.ini().as_bytes())?;
+        ciab_core::atomic::write_atomic(&root.join(format!("etc/systemd/system/{}.service", UNIT)), unit(&format!("/{ini_path}")).as_bytes())?;
+        service::start_in_background(&[UNIT])?;
+        println!("ciab-firstboot: horizon: starting on {}, served at {} through the front end", BIND, WEBROOT);
+        ctx.set_stamp("horizon")
+    }
 }
 
 #[cfg(test)]

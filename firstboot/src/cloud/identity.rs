@@ -4,8 +4,13 @@
 
 use super::rest::{expect, request};
 use anyhow::{Context, Result};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::collections::HashMap;
+use crate::ctx::Ctx;
+use crate::engine::Step;
+use super::{catalog, keystone};
+use super::catalog::{KEYSTONE, endpoints};
+use super::pki::{fingerprint, pki_of};
 
 /// An admin session against Keystone on loopback.
 pub struct Identity {
@@ -154,6 +159,151 @@ impl Directory<'_> {
         Ok(())
     }
 }
+
+/// A session as the cloud's `admin` in project `admin`, through Keystone on loopback.
+pub fn admin(ctx: &Ctx) -> Result<Identity> {
+    Identity::login(KEYSTONE.bind, "admin", &ctx.secret("keystone-admin")?, "admin")
+}
+
+pub fn admin_token(ctx: &Ctx) -> Result<String> {
+    Ok(admin(ctx)?.token().to_owned())
+}
+
+const CLOUDS_YAML: &str = "root/.config/openstack/clouds.yaml";
+
+/// The non-admin project and its member user, for people using the cloud.
+pub const MEMBER_PROJECT: &str = "demo";
+
+pub const MEMBER_USER: &str = "demo";
+
+/// Where the services' own users live.
+pub const SERVICE_PROJECT: &str = "service";
+
+/// What the status page shows about the cloud: names and places, no secret.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CloudSummary {
+    pub identity_url: String,
+    /// Horizon's login page; empty in a summary written before Horizon was added.
+    #[serde(default)]
+    pub dashboard_url: String,
+    pub region: String,
+    pub ca_fingerprint: String,
+    pub users: Vec<(String, String)>,
+    pub credentials: String,
+}
+
+/// One service of the catalog as the identity step registers it.
+struct CatalogEntry {
+    kind: &'static str,
+    name: &'static str,
+    description: &'static str,
+    /// (interface, URL) of each endpoint.
+    urls: Vec<(&'static str, String)>,
+    /// The service user's password, for a service that has one.
+    password: Option<String>,
+}
+
+impl CatalogEntry {
+    fn register(&self, directory: &mut Directory<'_>, service_project: &str, service_roles: &[String]) -> Result<()> {
+        let id = directory.ensure_service(self.kind, self.name, self.description)?;
+        for (interface, url) in &self.urls {
+            directory.ensure_endpoint(&id, interface, keystone::REGION, url)?;
+        }
+        if let Some(password) = &self.password {
+            let user = directory.ensure_user(self.name, password, service_project)?;
+            for role in service_roles {
+                directory.grant(service_project, &user, role)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Projects, users and roles through Keystone's API, and root's clouds.yaml.
+pub struct IdentityStep;
+
+impl Step<Ctx> for IdentityStep {
+    fn name(&self) -> &'static str {
+        "identity"
+    }
+    fn title(&self) -> &'static str {
+        "create the projects and users"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["keystone"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(!ctx.has_cloud()? || (ctx.stamp("identity").exists() && ctx.root.join(CLOUDS_YAML).exists()))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let admin_pw = ctx.secret("keystone-admin")?;
+        let member_pw = ctx.secret("demo-password")?;
+        let session = Identity::login(keystone::BIND, "admin", &admin_pw, "admin")?;
+        let mut directory = session.directory()?;
+        let service_project = directory.ensure_project(SERVICE_PROJECT, "The cloud's own services")?;
+        let project = directory.ensure_project(MEMBER_PROJECT, "A project for trying the cloud out")?;
+        let user = directory.ensure_user(MEMBER_USER, &member_pw, &project)?;
+        let member = directory.ensure_role("member")?;
+        directory.grant(&project, &user, &member)?;
+        let endpoints = endpoints(ctx)?;
+        // Token validation and Nova's calls to Placement need `service`;
+        // `admin` lets services act across projects as upstream's guides set up.
+        let service_roles = [directory.ensure_role("admin")?, directory.ensure_role("service")?];
+        // Each API: its service, its endpoints and its service user. S3
+        // sits at the root of object storage's host and port, under its own
+        // type, without a user of its own.
+        let mut entries: Vec<CatalogEntry> = Vec::new();
+        for api in catalog::APIS {
+            let password = api.service_secret.map(|name| ctx.secret(name)).transpose()?;
+            entries.push(CatalogEntry { kind: api.kind, name: api.name, description: api.description, urls: api.catalog_urls(&endpoints).to_vec(), password });
+        }
+        let (kind, name, description) = catalog::S3;
+        let urls = vec![("public", catalog::OBJECT_STORE.public_url(&endpoints)), ("internal", catalog::OBJECT_STORE.internal_url())];
+        entries.push(CatalogEntry { kind, name, description, urls, password: None });
+        // Two at a time, one per Keystone process: the calls are
+        // independent (a service, its endpoints and its user each), and
+        // under TCG one process answers one call in a second or two.
+        let half = entries.len().div_ceil(2).max(1);
+        std::thread::scope(|scope| -> Result<()> {
+            let workers: Vec<_> = entries
+                .chunks(half)
+                .map(|chunk| {
+                    let mut directory = directory.clone();
+                    let (service_project, service_roles) = (&service_project, &service_roles);
+                    scope.spawn(move || chunk.iter().try_for_each(|entry| entry.register(&mut directory, service_project, service_roles)))
+                })
+                .collect();
+            for worker in workers {
+                worker.join().map_err(|_| anyhow::anyhow!("a thread registering the catalog panicked"))??;
+            }
+            Ok(())
+        })?;
+        let registered: Vec<&str> = entries.iter().map(|e| e.kind).collect();
+        let pki = pki_of(ctx);
+        let clouds = [
+            keystone::CloudEntry { name: "admin".into(), user: "admin".into(), password: admin_pw, project: "admin".into() },
+            keystone::CloudEntry { name: MEMBER_PROJECT.into(), user: MEMBER_USER.into(), password: member_pw, project: MEMBER_PROJECT.into() },
+        ];
+        let path = ctx.root.join(CLOUDS_YAML);
+        std::fs::create_dir_all(path.parent().context("parent")?)?;
+        ciab_core::atomic::write_atomic_mode(&path, keystone::clouds_yaml(&endpoints, &clouds, &pki.ca_cert().display().to_string()).as_bytes(), 0o600)?;
+        let summary = CloudSummary {
+            identity_url: endpoints.public("identity"),
+            dashboard_url: endpoints.public(&format!("{}/", super::horizon::WEBROOT.trim_start_matches('/'))),
+            region: keystone::REGION.into(),
+            ca_fingerprint: fingerprint(&std::fs::read_to_string(pki.ca_cert())?)?,
+            users: vec![("admin".into(), "admin".into()), (MEMBER_USER.into(), format!("member of {MEMBER_PROJECT}"))],
+            credentials: format!("/{CLOUDS_YAML} on the box (root only): clouds admin and {MEMBER_PROJECT}"),
+        };
+        ciab_core::atomic::write_atomic(&ctx.state_dir.join(CLOUD_SUMMARY), &serde_json::to_vec_pretty(&summary)?)?;
+        println!("ciab-firstboot: identity: projects {SERVICE_PROJECT} and {MEMBER_PROJECT}, user {MEMBER_USER} (member); credentials in /{CLOUDS_YAML}");
+        println!("ciab-firstboot: identity: catalog: {}", registered.join(", "));
+        ctx.set_stamp("identity")
+    }
+}
+
+/// The cloud's summary beside the journal, for the status page.
+pub const CLOUD_SUMMARY: &str = "cloud.json";
 
 #[cfg(test)]
 mod tests {

@@ -14,7 +14,7 @@ use std::path::Path;
 
 /// A new Fernet key as Keystone (and the `cryptography` package) reads it.
 pub fn fernet_key() -> Result<String> {
-    Ok(base64::engine::general_purpose::URL_SAFE.encode(crate::secrets::random_bytes::<32>()?))
+    Ok(base64::engine::general_purpose::URL_SAFE.encode(crate::model::secrets::random_bytes::<32>()?))
 }
 
 /// Is `dir` a repository with a staged and a primary key?

@@ -4,13 +4,25 @@
 //! identity endpoints.
 
 use super::ini::Ini;
-use super::Endpoints;
+use super::catalog::{Endpoints, KEYSTONE, endpoints};
+use anyhow::{Context, Result};
+use crate::ctx::Ctx;
+use crate::engine::Step;
+use std::time::Duration;
+use super::{database, keys, service};
+use super::uwsgi::{Uwsgi, install_uwsgi};
+use super::database::db_url;
+use super::service::API_TIMEOUT;
 
 pub const CONF: &str = "etc/keystone/keystone.conf";
+
 pub const FERNET_KEYS: &str = "etc/keystone/fernet-keys";
+
 pub const CREDENTIAL_KEYS: &str = "etc/keystone/credential-keys";
+
 /// Where the API listens; only the TLS front end and local services reach it.
 pub const BIND: &str = "127.0.0.1:5000";
+
 /// The region every endpoint is registered in.
 pub const REGION: &str = "RegionOne";
 
@@ -109,6 +121,60 @@ pub fn clouds_yaml(endpoints: &Endpoints, clouds: &[CloudEntry], ca_cert: &str) 
         ));
     }
     out
+}
+
+pub struct KeystoneStep;
+
+impl Step<Ctx> for KeystoneStep {
+    fn name(&self) -> &'static str {
+        "keystone"
+    }
+    fn title(&self) -> &'static str {
+        "configure Keystone, the identity service"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["pki", "database"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(!ctx.has_cloud()? || (ctx.stamp("keystone").exists() && service::is_active("keystone")))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let root = ctx.root.clone();
+        let plan = ctx.plan()?;
+        let cp = plan.control_plane.context("a cloud profile's plan has a control plane")?;
+        let endpoints = endpoints(ctx)?;
+        let user = keys::system_user(&root, "keystone")?;
+        let url = db_url(ctx, "keystone", "keystone")?;
+        let conf_path = root.join(CONF);
+        ciab_core::atomic::write_atomic_mode(&conf_path, conf(&url, &endpoints, (cp.db_max_pool_size, cp.db_max_overflow)).render().as_bytes(), 0o640)?;
+        keys::chown(&conf_path, (0, user.1))?;
+        keys::ensure_repository(&root.join(FERNET_KEYS), user)?;
+        keys::ensure_repository(&root.join(CREDENTIAL_KEYS), user)?;
+        let api = Uwsgi::api("keystone-api", KEYSTONE.bind, "/usr/bin/keystone-wsgi-public", "keystone", cp.workers.keystone);
+        install_uwsgi(&root, KEYSTONE.unit, &api, &[])?;
+        // After a power cut this step may run before boot has brought the
+        // database back: wait for it rather than let oslo.db retry for minutes.
+        service::start(&["mariadb"], false)?;
+        database::wait_socket(Duration::from_secs(120))?;
+        // The API starts (minutes of Python under emulation) while bootstrap
+        // writes the admin user and catalog straight into the database.
+        let started = std::time::Instant::now();
+        service::start(&[KEYSTONE.unit], true)?;
+        let t0 = std::time::Instant::now();
+        let password = ctx.secret("keystone-admin")?;
+        ciab_core::exec::Cmd::new("runuser")
+            .package("util-linux")
+            .args(["-u", "keystone", "--", "keystone-manage"])
+            .args(bootstrap_args(&endpoints))
+            .secret_env("OS_BOOTSTRAP_PASSWORD", &password)
+            .run()
+            // keystone-manage reports to its log file, not to stderr.
+            .with_context(|| format!("keystone-manage bootstrap\n{}", service::file_tail(&root.join("var/log/keystone/keystone-manage.log"), 12)))?;
+        println!("ciab-firstboot: keystone: bootstrap done in {:.0} s", t0.elapsed().as_secs_f64());
+        service::wait_http(&format!("{}{}", KEYSTONE.internal_url(), KEYSTONE.probe), None, KEYSTONE.unit, API_TIMEOUT)?;
+        println!("ciab-firstboot: keystone: API answers, {:.0} s after its start", started.elapsed().as_secs_f64());
+        ctx.set_stamp("keystone")
+    }
 }
 
 #[cfg(test)]

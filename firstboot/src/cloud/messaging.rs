@@ -4,21 +4,35 @@
 //! `guest` user: a node that imports definitions at boot does not create
 //! it), and memcached. Both listen on loopback only.
 
-use crate::plan::{Memcached, Rabbitmq};
-use anyhow::Result;
+use crate::model::plan::{Memcached, Rabbitmq};
+use anyhow::{Result, bail};
 use serde_json::json;
+use crate::ctx::Ctx;
+use crate::engine::Step;
+use std::time::Duration;
+use super::{amqp, keys, service};
+use super::amqp::Login;
+use super::service::{write_dropin, write_private_conf};
 
 pub const MEMCACHED: &str = "127.0.0.1:11211";
+
 pub const MEMCACHED_CONF: &str = "etc/memcached.conf";
+
 /// Where the services' AMQP connections go.
 pub const AMQP: &str = "127.0.0.1:5672";
+
 /// The one RabbitMQ user, shared by the OpenStack services as upstream's
 /// guides do; its password is the secret [`RABBIT_SECRET`].
 pub const RABBIT_USER: &str = "openstack";
+
 pub const RABBIT_SECRET: &str = "rabbitmq-openstack";
+
 pub const RABBITMQ_CONF: &str = "etc/rabbitmq/rabbitmq.conf";
+
 pub const RABBITMQ_ENV: &str = "etc/rabbitmq/rabbitmq-env.conf";
+
 pub const DEFINITIONS: &str = "etc/rabbitmq/definitions.json";
+
 pub const ERLANG_COOKIE: &str = "var/lib/rabbitmq/.erlang.cookie";
 
 /// oslo.messaging's `transport_url`.
@@ -80,13 +94,13 @@ pub fn definitions(password: &str, salt: [u8; 4]) -> String {
 }
 
 pub fn random_salt() -> Result<[u8; 4]> {
-    crate::secrets::random_bytes()
+    crate::model::secrets::random_bytes()
 }
 
 /// A fresh Erlang cookie: 20 upper-case letters, as Erlang makes them, but
 /// from the kernel's CSPRNG.
 pub fn erlang_cookie() -> Result<String> {
-    Ok(crate::secrets::random_bytes::<20>()?.iter().map(|b| char::from(b'A' + b % 26)).collect())
+    Ok(crate::model::secrets::random_bytes::<20>()?.iter().map(|b| char::from(b'A' + b % 26)).collect())
 }
 
 /// /etc/memcached.conf in Debian's format, sized by the plan.
@@ -96,6 +110,62 @@ pub fn memcached_conf(m: &Memcached) -> String {
         "# Written by ciab-firstboot from the sizing plan.\n-d\nlogfile /var/log/memcached.log\n-m {}\n-p {port}\n-u memcache\n-l {host}\n-P /var/run/memcached/memcached.pid\n",
         m.memory_mib
     )
+}
+
+pub struct MessagingStep;
+
+impl Step<Ctx> for MessagingStep {
+    fn name(&self) -> &'static str {
+        "messaging"
+    }
+    fn title(&self) -> &'static str {
+        "start RabbitMQ and memcached"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["secrets", "network"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(!ctx.has_cloud()?
+            || (ctx.stamp("messaging").exists() && service::is_up_or_starting("rabbitmq-server") && service::is_active("memcached")))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let root = ctx.root.clone();
+        let cp = ctx.control_plane()?;
+        ciab_core::atomic::write_atomic(&root.join(MEMCACHED_CONF), memcached_conf(&cp.memcached).as_bytes())?;
+        let rabbit = keys::system_user(&root, "rabbitmq")?;
+        ciab_core::atomic::write_atomic(&root.join(RABBITMQ_CONF), rabbitmq_conf(&cp.rabbitmq).as_bytes())?;
+        ciab_core::atomic::write_atomic(&root.join(RABBITMQ_ENV), rabbitmq_env().as_bytes())?;
+        let definitions = definitions(&ctx.secret(RABBIT_SECRET)?, random_salt()?);
+        write_private_conf(&root, DEFINITIONS, &definitions, "rabbitmq")?;
+        let cookie = root.join(ERLANG_COOKIE);
+        if !cookie.exists() {
+            ciab_core::atomic::write_atomic_mode(&cookie, erlang_cookie()?.as_bytes(), 0o400)?;
+            keys::chown(&cookie, rabbit)?;
+        }
+        write_dropin(&root, "epmd.socket", &epmd_socket_dropin())?;
+        // All four enabled with one systemd reload, not one each (15–45 s
+        // apiece under TCG). epmd.service is masked in the image like every
+        // service; its socket starts it on RabbitMQ's first lookup.
+        service::enable(&["memcached", "epmd.socket", "epmd.service", "rabbitmq-server"])?;
+        service::start(&["memcached"], true)?;
+        service::start(&["epmd.socket", "epmd.service"], false)?;
+        service::start_in_background(&["rabbitmq-server"])?;
+        println!("ciab-firstboot: messaging: memcached up on {}; RabbitMQ starting on {} (user {})", MEMCACHED, AMQP, RABBIT_USER);
+        ctx.set_stamp("messaging")
+    }
+}
+
+/// Logs in to RabbitMQ as the services do, and makes sure `guest` cannot.
+pub fn check_broker(password: &str) -> Result<()> {
+    let t = Duration::from_secs(10);
+    match amqp::try_login(AMQP, RABBIT_USER, password, "/", t)? {
+        Login::Accepted => {}
+        Login::Refused(why) => bail!("RabbitMQ refuses user {}: {why}", RABBIT_USER),
+    }
+    if amqp::try_login(AMQP, "guest", "guest", "/", t)? == Login::Accepted {
+        bail!("RabbitMQ accepts guest/guest: the default user must not exist");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,14 +5,27 @@
 //! lose). No RPC server: with OVN no agent talks to Neutron over the queue.
 //! The OVN metadata agent proxies guests' metadata requests to Nova.
 
-use super::catalog::NETWORK;
+use super::catalog::{Endpoints, NETWORK, endpoints};
 use super::ini::Ini;
-use super::{keystone, messaging, ovn, Endpoints};
+use super::{keystone, messaging, ovn, service};
+use anyhow::{Context, Result};
+use crate::ctx::Ctx;
+use crate::engine::Step;
+use serde_json::{Value, json};
+use std::time::Duration;
+use super::rest::{expect, request};
+use super::uwsgi::{Uwsgi, api_started, install_api, launch_api};
+use super::database::{db_url, pool};
+use super::service::{write_dropin, write_private_conf};
+use super::identity::admin;
 
 pub const CONF: &str = "etc/neutron/neutron.conf";
+
 /// Read by the API after neutron.conf (Neutron's default config files).
 pub const ML2_CONF: &str = "etc/neutron/plugins/ml2/ml2_conf.ini";
+
 pub const METADATA_AGENT_CONF: &str = "etc/neutron/neutron_ovn_metadata_agent.ini";
+
 /// Nova's metadata API, where the metadata agent sends guests' requests.
 pub const NOVA_METADATA: (&str, u16) = ("127.0.0.1", 8775);
 
@@ -91,6 +104,156 @@ pub fn metadata_agent_conf(host: &str, metadata_secret: &str) -> Ini {
 /// The agent's unit runs it with its own file only, logging to the journal.
 pub fn metadata_agent_dropin() -> String {
     format!("[Service]\nExecStart=\nExecStart=/usr/bin/neutron-ovn-metadata-agent --config-file=/{METADATA_AGENT_CONF}\n")
+}
+
+/// The units that must be running for the chassis to work.
+const CHASSIS_UNITS: &[&str] = &["ovsdb-server", "ovs-vswitchd", "ovn-ovsdb-server-nb", "ovn-ovsdb-server-sb", "ovn-northd", "ovn-controller"];
+
+const METADATA_AGENT: &str = "neutron-ovn-metadata-agent";
+
+pub struct NeutronStep;
+
+impl NeutronStep {
+    /// This host an OVN gateway chassis with the provider bridge, which
+    /// networkd then addresses and masquerades.
+    fn chassis(ctx: &Ctx) -> Result<()> {
+        service::wait_active(CHASSIS_UNITS, Duration::from_secs(300))?;
+        let site = ctx.site()?;
+        ciab_core::exec::Cmd::new("ovs-vsctl").package("openvswitch-switch").args(ovn::chassis_args(&site.hostname)).run().context("making this host an OVN gateway chassis")?;
+        ciab_core::exec::Cmd::new("networkctl").package("systemd").arg("reload").run()?;
+        Ok(())
+    }
+}
+
+impl Step<Ctx> for NeutronStep {
+    fn name(&self) -> &'static str {
+        "neutron"
+    }
+    fn title(&self) -> &'static str {
+        "configure Neutron with OVN, the network service"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["identity", "messaging", "ovn"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(api_started(ctx, &NETWORK)?
+            && (!ctx.has_cloud()? || (CHASSIS_UNITS.iter().all(|u| service::is_active(u)) && service::is_up_or_starting(METADATA_AGENT))))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let cp = ctx.control_plane()?;
+        Self::chassis(ctx)?;
+        let site = ctx.site()?;
+        let endpoints = endpoints(ctx)?;
+        let rabbit = ctx.secret(messaging::RABBIT_SECRET)?;
+        let conf = conf(&NeutronConf {
+            db_url: db_url(ctx, "neutron", "neutron")?,
+            rabbit_password: &rabbit,
+            endpoints: &endpoints,
+            host: &site.hostname,
+            service_password: &ctx.secret("neutron-service")?,
+            pool: pool(ctx)?,
+        });
+        write_private_conf(&ctx.root, ML2_CONF, &ml2_conf().render(), "neutron")?;
+        write_private_conf(&ctx.root, METADATA_AGENT_CONF, &metadata_agent_conf(&site.hostname, &ctx.secret("neutron-metadata")?).render(), "neutron")?;
+        write_dropin(&ctx.root, &format!("{METADATA_AGENT}.service"), &metadata_agent_dropin())?;
+        let ini = Uwsgi { app_per_worker: true, ..Uwsgi::api("neutron-api", NETWORK.bind, "/usr/bin/neutron-api", "neutron", cp.workers.neutron_server) };
+        install_api(ctx, &NETWORK, &ini, (CONF, conf.render()), &[])?;
+        println!("ciab-firstboot: neutron: OVN chassis up (gateway, {} on {}); metadata agent starting", ovn::PHYSNET, ovn::PROVIDER_BRIDGE);
+        launch_api(ctx, &NETWORK, &ini, &[METADATA_AGENT])
+    }
+}
+
+/// The network agents as Neutron lists them: (type, alive) each.
+fn agents(token: &str) -> Result<Vec<(String, bool)>> {
+    let r = expect(request(NETWORK.bind, "GET", "/v2.0/agents", Some(token), None)?, "listing network agents", &[200])?;
+    Ok(r.body["agents"]
+        .as_array()
+        .map(|a| a.iter().map(|x| (x["agent_type"].as_str().unwrap_or("?").to_owned(), x["alive"] == true)).collect())
+        .unwrap_or_default())
+}
+
+/// The agents every box has: the chassis (a gateway) and the metadata agent.
+pub const REQUIRED_AGENTS: &[&str] = &["OVN Controller Gateway agent", "OVN Metadata agent"];
+
+/// Every network agent alive and each of `REQUIRED_AGENTS` among them.
+pub fn network_ready(token: &str) -> Result<bool> {
+    let agents = agents(token)?;
+    Ok(agents.iter().all(|(_, alive)| *alive) && REQUIRED_AGENTS.iter().all(|t| agents.iter().any(|(a, _)| a == t)))
+}
+
+/// The provider network's name in Neutron.
+pub const EXTERNAL_NETWORK: &str = "public";
+
+/// The external network routers attach to and floating IPs come from.
+pub struct ExternalNetworkStep;
+
+impl ExternalNetworkStep {
+    fn find(token: &str, path: &str, key: &str, what: &str) -> Result<Option<String>> {
+        let r = expect(request(NETWORK.bind, "GET", path, Some(token), None)?, what, &[200])?;
+        Ok(r.body[key].as_array().and_then(|a| a.first()).and_then(|n| n["id"].as_str()).map(str::to_owned))
+    }
+
+    fn create(token: &str, path: &str, body: &Value, key: &str, what: &str) -> Result<String> {
+        let r = expect(request(NETWORK.bind, "POST", path, Some(token), Some(body))?, what, &[201])?;
+        r.body[key]["id"].as_str().map(str::to_owned).with_context(|| format!("{what}: Neutron returned no id"))
+    }
+}
+
+impl Step<Ctx> for ExternalNetworkStep {
+    fn name(&self) -> &'static str {
+        "external-network"
+    }
+    fn title(&self) -> &'static str {
+        "create the external network for floating IPs"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["apis"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(!ctx.has_cloud()? || ctx.stamp("external-network").exists())
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let keystone = admin(ctx)?;
+        let token = keystone.token();
+        let network = match Self::find(token, &format!("/v2.0/networks?name={EXTERNAL_NETWORK}"), "networks", "looking up the external network")? {
+            Some(id) => id,
+            None => Self::create(
+                token,
+                "/v2.0/networks",
+                &json!({"network": {
+                    "name": EXTERNAL_NETWORK,
+                    "description": "The box's provider network: floating IPs and router gateways, routed by the box",
+                    "router:external": true,
+                    "provider:network_type": "flat",
+                    "provider:physical_network": ovn::PHYSNET,
+                }}),
+                "network",
+                "creating the external network",
+            )?,
+        };
+        let provider = ovn::Provider::from_site(ctx.site()?.network.floating_range)?;
+        let cidr = provider.cidr();
+        if Self::find(token, &format!("/v2.0/subnets?network_id={network}"), "subnets", "looking up the external subnet")?.is_none() {
+            let (start, end) = provider.pool();
+            Self::create(
+                token,
+                "/v2.0/subnets",
+                &json!({"subnet": {
+                    "network_id": network,
+                    "name": format!("{EXTERNAL_NETWORK}-subnet"),
+                    "ip_version": 4,
+                    "cidr": cidr,
+                    "gateway_ip": provider.gateway().to_string(),
+                    "enable_dhcp": false,
+                    "allocation_pools": [{"start": start.to_string(), "end": end.to_string()}],
+                }}),
+                "subnet",
+                "creating the external subnet",
+            )?;
+        }
+        println!("ciab-firstboot: external-network: {EXTERNAL_NETWORK} ({cidr}, flat on {}) for routers and floating IPs", ovn::PHYSNET);
+        ctx.set_stamp("external-network")
+    }
 }
 
 #[cfg(test)]

@@ -5,16 +5,29 @@
 //! The cells are rows in the API database written by first boot, not
 //! `nova-manage` runs (a Python start each, a minute under TCG).
 
-use super::catalog::{BLOCK_STORAGE, COMPUTE, GLANCE};
+use super::catalog::{BLOCK_STORAGE, COMPUTE, Endpoints, GLANCE, endpoints};
 use super::ini::Ini;
-use super::{keystone, messaging, Endpoints};
-use crate::plan::Nova as NovaPlan;
+use super::{database, keys, keystone, messaging, service};
+use crate::model::plan::Nova as NovaPlan;
+use anyhow::{Context, Result};
+use crate::ctx::Ctx;
+use crate::engine::Step;
+use crate::host::network::management_addresses;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use super::uwsgi::{Uwsgi, api_started, install_uwsgi};
+use super::database::{db_url, pool};
+use super::service::{write_dropin, write_private_conf};
+use super::identity::admin_token;
 
 pub const CONF: &str = "etc/nova/nova.conf";
+
 /// Read by Debian's nova-compute after nova.conf: it must agree.
 pub const COMPUTE_CONF: &str = "etc/nova/nova-compute.conf";
+
 /// The `nova` volume's mount point (`steps::volumes`).
 pub const INSTANCES: &str = "/var/lib/nova/instances";
+
 /// Cell0 has this fixed id in every deployment.
 pub const CELL0_UUID: &str = "00000000-0000-0000-0000-000000000000";
 
@@ -125,6 +138,154 @@ pub fn kvm_module(cpuinfo: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// Loads the KVM module for this CPU and waits briefly for udev to make
+/// /dev/kvm: under an emulated evaluation VM it appears late in boot, and
+/// nested KVM is ~10× faster than emulation inside emulation.
+fn probe_kvm(root: &Path) -> bool {
+    let dev = root.join("dev/kvm");
+    if !dev.exists() {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        if let Some(module) = kvm_module(&cpuinfo) {
+            if let Err(e) = ciab_core::exec::Cmd::new("modprobe").package("kmod").arg(module).run() {
+                println!("ciab-firstboot: nova: modprobe {module}: {e:#}");
+            }
+            let until = Instant::now() + Duration::from_secs(20);
+            while !dev.exists() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    std::fs::OpenOptions::new().read(true).write(true).open(&dev).is_ok()
+}
+
+/// libvirt's sockets and daemons, masked in the image like every unit: the
+/// sockets refuse to start while their services are masked, so all are
+/// unmasked and started together, sockets first.
+const LIBVIRT_UNITS: &[&str] = &[
+    "virtlogd.socket",
+    "virtlogd-admin.socket",
+    "libvirtd.socket",
+    "libvirtd-ro.socket",
+    "libvirtd-admin.socket",
+    "virtlogd.service",
+    "libvirtd.service",
+];
+
+const NOVA_DAEMONS: &[&str] = &["nova-conductor", "nova-scheduler", "nova-compute"];
+
+/// Debian's unit for Nova's metadata API, run under ciab's uwsgi.
+pub const NOVA_METADATA_UNIT: &str = "nova-api-metadata";
+
+/// The metadata API answers on loopback, where the OVN metadata agent
+/// sends guests' requests.
+pub fn metadata_url() -> String {
+    let (host, port) = super::neutron::NOVA_METADATA;
+    format!("http://{host}:{port}/")
+}
+
+pub struct NovaStep;
+
+impl Step<Ctx> for NovaStep {
+    fn name(&self) -> &'static str {
+        "nova"
+    }
+    fn title(&self) -> &'static str {
+        "configure Nova, the compute service"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["placement", "messaging", "storage"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(api_started(ctx, &COMPUTE)? && (!ctx.has_cloud()? || NOVA_DAEMONS.iter().chain([&NOVA_METADATA_UNIT]).all(|u| service::is_up_or_starting(u))))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let plan = ctx.plan()?;
+        let cp = plan.control_plane.context("a cloud profile's plan has a control plane")?;
+        let nova_plan = plan.nova.context("a cloud profile's plan sizes Nova")?;
+        // Minutes under TCG: say where they go.
+        let mut laps = super::laps::Laps::start();
+        let virt_type = if probe_kvm(&ctx.root) { "kvm" } else { "qemu" };
+        laps.mark("KVM probe");
+        let rabbit = ctx.secret(messaging::RABBIT_SECRET)?;
+        let cell0 = db_url(ctx, "nova", "nova_cell0")?;
+        let cell1 = db_url(ctx, "nova", "nova")?;
+        database::run_sql(&ctx.state_dir, None, &cells_sql(&cell0, &cell1, &messaging::transport_url(&rabbit), &crate::model::secrets::uuid4()?))?;
+        let my_ip = management_addresses(ctx)?.first().map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1".into());
+        let endpoints = endpoints(ctx)?;
+        let site = ctx.site()?;
+        let conf = conf(&NovaConf {
+            api_db_url: db_url(ctx, "nova", "nova_api")?,
+            cell_db_url: cell1,
+            rabbit_password: &rabbit,
+            endpoints: &endpoints,
+            my_ip,
+            host: &site.hostname,
+            service_password: &ctx.secret("nova-service")?,
+            metadata_secret: &ctx.secret("neutron-metadata")?,
+            virt_type,
+            plan: &nova_plan,
+            workers: (cp.workers.nova_conductor, cp.workers.nova_scheduler),
+            pool: pool(ctx)?,
+        });
+        // Debian's nova-compute also reads nova-compute.conf, after nova.conf.
+        write_private_conf(&ctx.root, COMPUTE_CONF, &compute_conf(virt_type).render(), "nova")?;
+        let instances = ctx.root.join(INSTANCES.trim_start_matches('/'));
+        std::fs::create_dir_all(&instances)?;
+        keys::chown(&instances, keys::system_user(&ctx.root, "nova")?)?;
+        for unit in NOVA_DAEMONS {
+            let mut dropin = service::slow_start_dropin();
+            if *unit == "nova-compute" {
+                dropin.push_str(&service::requires_mounts_dropin(&[INSTANCES]));
+            }
+            write_dropin(&ctx.root, &format!("{unit}.service"), &dropin)?;
+        }
+        let ini = Uwsgi::api("nova-api", COMPUTE.bind, "/usr/bin/nova-api-wsgi", "nova", cp.workers.nova_api);
+        write_private_conf(&ctx.root, CONF, &conf.render(), "nova")?;
+        install_uwsgi(&ctx.root, COMPUTE.unit, &ini, &[])?;
+        // The metadata API, for guests through the OVN metadata agent
+        // (cloud-init's network configuration, keys and user data).
+        let (host, port) = super::neutron::NOVA_METADATA;
+        let bind = format!("{host}:{port}");
+        let metadata = Uwsgi::api(NOVA_METADATA_UNIT, &bind, "/usr/bin/nova-metadata-wsgi", "nova", cp.workers.nova_metadata);
+        install_uwsgi(&ctx.root, NOVA_METADATA_UNIT, &metadata, &[])?;
+        let mut units = vec![COMPUTE.unit, NOVA_METADATA_UNIT];
+        units.extend_from_slice(NOVA_DAEMONS);
+        laps.mark("configuration");
+        // One systemd reload for libvirt and Nova together.
+        service::enable(&[LIBVIRT_UNITS, &units].concat())?;
+        laps.mark("systemd enable");
+        service::start(LIBVIRT_UNITS, false)?;
+        laps.mark("libvirt");
+        service::start_in_background(&units)?;
+        laps.mark("starting Nova");
+        println!("ciab-firstboot: nova: {} starting; libvirt virt_type={virt_type}", units.join(", "));
+        println!("ciab-firstboot: nova: took {}", laps.summary());
+        ctx.set_stamp(COMPUTE.name)
+    }
+}
+
+/// Nova's services as the compute API lists them: (binary, state) for each
+/// enabled one, and whether a hypervisor is mapped to a cell yet.
+fn compute_services(token: &str) -> Result<(Vec<(String, String)>, usize)> {
+    let r = super::rest::expect(super::rest::request(COMPUTE.bind, "GET", "/v2.1/os-services", Some(token), None)?, "listing compute services", &[200])?;
+    let services = r.body["services"]
+        .as_array()
+        .map(|a| a.iter().filter(|s| s["status"] == "enabled").map(|s| (s["binary"].as_str().unwrap_or("?").to_owned(), s["state"].as_str().unwrap_or("?").to_owned())).collect())
+        .unwrap_or_default();
+    let r = super::rest::expect(super::rest::request(COMPUTE.bind, "GET", "/v2.1/os-hypervisors", Some(token), None)?, "listing hypervisors", &[200])?;
+    Ok((services, r.body["hypervisors"].as_array().map_or(0, Vec::len)))
+}
+
+/// Every Nova service up, the compute node registered and its host mapped
+/// to cell1 (by the scheduler's periodic discovery), so servers can be
+/// scheduled onto it.
+pub fn compute_ready(ctx: &Ctx) -> Result<bool> {
+    let (services, hypervisors) = compute_services(&admin_token(ctx)?)?;
+    let up = |binary: &str| services.iter().any(|(b, s)| b == binary && s == "up");
+    let mapped: u32 = database::query("SELECT COUNT(*) FROM nova_api.host_mappings")?.trim().parse().unwrap_or(0);
+    Ok(NOVA_DAEMONS.iter().all(|d| up(d)) && hypervisors > 0 && mapped > 0)
 }
 
 #[cfg(test)]

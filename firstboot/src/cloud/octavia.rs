@@ -5,13 +5,21 @@
 //! operating status back through sockets in /run/octavia. OVN's provider
 //! speaks TCP, UDP and SCTP, with the SOURCE_IP_PORT algorithm.
 
-use super::catalog::{LOAD_BALANCER, NETWORK};
+use super::catalog::{Endpoints, LOAD_BALANCER, NETWORK, endpoints};
 use super::ini::Ini;
-use super::{keystone, messaging, ovn, Endpoints};
+use super::{keystone, messaging, ovn, service};
+use anyhow::Result;
+use crate::ctx::Ctx;
+use crate::engine::Step;
+use super::uwsgi::{Uwsgi, api_started, install_api, launch_api};
+use super::database::{db_url, pool};
+use super::service::write_named_dropin;
 
 pub const CONF: &str = "etc/octavia/octavia.conf";
+
 /// The provider's agent, Debian's unit.
 pub const DRIVER_AGENT: &str = "octavia-driver-agent";
+
 /// The one provider.
 pub const PROVIDER: &str = "ovn";
 
@@ -52,6 +60,48 @@ pub fn conf(c: &OctaviaConf) -> Ini {
         .set("oslo_middleware", "enable_proxy_headers_parsing", true)
         .set("oslo_messaging_notifications", "driver", "noop");
     ini
+}
+
+/// Every Octavia unit declares `RuntimeDirectory=octavia`, and systemd
+/// removes a runtime directory when any unit naming it stops: a restart of
+/// the API would take the agent's status sockets with it, leaving load
+/// balancers pending for ever.
+const KEEP_RUNTIME_DIR: &str = "[Service]\nRuntimeDirectoryPreserve=yes\n";
+
+pub struct OctaviaStep;
+
+impl Step<Ctx> for OctaviaStep {
+    fn name(&self) -> &'static str {
+        "octavia"
+    }
+    fn title(&self) -> &'static str {
+        "configure Octavia, the load balancer service"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        // OVN's provider works in the northbound database Neutron fills.
+        &["identity", "messaging", "neutron"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(api_started(ctx, &LOAD_BALANCER)? && (!ctx.has_cloud()? || service::is_up_or_starting(DRIVER_AGENT)))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let cp = ctx.control_plane()?;
+        let conf = conf(&OctaviaConf {
+            db_url: db_url(ctx, "octavia", "octavia")?,
+            rabbit_password: &ctx.secret(messaging::RABBIT_SECRET)?,
+            endpoints: &endpoints(ctx)?,
+            service_password: &ctx.secret("octavia-service")?,
+            pool: pool(ctx)?,
+        });
+        // The provider driver opens OVN connections when loaded: in each
+        // worker, not in a master that forks.
+        let ini = Uwsgi { app_per_worker: true, ..Uwsgi::api("octavia-api", LOAD_BALANCER.bind, "/usr/bin/octavia-wsgi", "octavia", cp.workers.octavia_api) };
+        install_api(ctx, &LOAD_BALANCER, &ini, (CONF, conf.render()), &[])?;
+        for unit in [LOAD_BALANCER.unit, DRIVER_AGENT] {
+            write_named_dropin(&ctx.root, &format!("{unit}.service"), "ciab-runtime", KEEP_RUNTIME_DIR)?;
+        }
+        launch_api(ctx, &LOAD_BALANCER, &ini, &[DRIVER_AGENT])
+    }
 }
 
 #[cfg(test)]

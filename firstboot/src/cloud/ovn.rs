@@ -9,31 +9,43 @@
 //! that runs only its own services that is the same trust as the unix
 //! sockets give root.
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result, bail};
 use std::net::Ipv4Addr;
+use crate::ctx::Ctx;
+use crate::engine::Step;
+use super::service;
 
 /// The OVN Northbound and Southbound databases, for Neutron and the agents.
 pub const NB: &str = "tcp:127.0.0.1:6641";
+
 pub const SB: &str = "tcp:127.0.0.1:6642";
+
 /// The OVS database, for os-vif in nova-compute and the metadata agent.
 pub const OVSDB: &str = "tcp:127.0.0.1:6640";
+
 /// The same as ovsdb-server's passive remote (`set-manager`).
 const OVSDB_LISTEN: &str = "ptcp:6640:127.0.0.1";
+
 /// Options of ovn-ctl for the central databases (`/etc/default/ovn-central`).
 pub const CENTRAL_DEFAULTS: &str = "etc/default/ovn-central";
+
 /// OVS's chassis id, kept across restarts by ovs-ctl (`--system-id=random`
 /// reads it; the image has none, so each box gets its own).
 pub const SYSTEM_ID: &str = "etc/openvswitch/system-id.conf";
 
 /// The provider network's name in Neutron's ML2 config and OVN's bridge mappings.
 pub const PHYSNET: &str = "physnet1";
+
 /// The OVS bridge carrying it, with the box's own address on it.
 pub const PROVIDER_BRIDGE: &str = "br-ex";
+
 /// The provider network when the site sets no `network.floating_range`:
 /// the range devstack uses for the same job.
 pub const DEFAULT_PROVIDER: (Ipv4Addr, u8) = (Ipv4Addr::new(172, 24, 4, 0), 24);
+
 /// networkd's file for the bridge.
 pub const PROVIDER_NETWORK_FILE: &str = "etc/systemd/network/20-ciab-provider.network";
+
 pub const FORWARDING_SYSCTL: &str = "etc/sysctl.d/60-ciab-forwarding.conf";
 
 /// The units, unmasked and started together: the databases and daemons of
@@ -107,7 +119,7 @@ pub struct Provider {
 impl Provider {
     /// The site's `network.floating_range` (validated as IPv4, /29 or
     /// shorter), else `DEFAULT_PROVIDER`.
-    pub fn from_site(range: Option<crate::site::Cidr>) -> Result<Provider> {
+    pub fn from_site(range: Option<crate::model::site::Cidr>) -> Result<Provider> {
         let Some(range) = range else {
             return Ok(Provider { network: DEFAULT_PROVIDER.0, prefix: DEFAULT_PROVIDER.1 });
         };
@@ -145,6 +157,42 @@ impl Provider {
     }
 }
 
+/// Open vSwitch and OVN, started early and without waiting: C daemons that
+/// come up while Keystone's slow start runs. `neutron` configures the
+/// chassis once they are up.
+pub struct OvnStep;
+
+impl Step<Ctx> for OvnStep {
+    fn name(&self) -> &'static str {
+        "ovn"
+    }
+    fn title(&self) -> &'static str {
+        "start Open vSwitch and OVN"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["site-config", "network"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(!ctx.has_cloud()? || (ctx.stamp("ovn").exists() && UNITS.iter().all(|u| service::is_up_or_starting(u))))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let root = &ctx.root;
+        let id = root.join(SYSTEM_ID);
+        if !id.exists() {
+            std::fs::create_dir_all(id.parent().context("parent")?)?;
+            ciab_core::atomic::write_atomic(&id, format!("{}\n", crate::model::secrets::uuid4()?).as_bytes())?;
+        }
+        ciab_core::atomic::write_atomic(&root.join(CENTRAL_DEFAULTS), central_defaults().as_bytes())?;
+        let provider = Provider::from_site(ctx.site()?.network.floating_range)?;
+        ciab_core::atomic::write_atomic(&root.join(PROVIDER_NETWORK_FILE), provider.networkd_unit().as_bytes())?;
+        ciab_core::atomic::write_atomic(&root.join(FORWARDING_SYSCTL), forwarding_sysctl().as_bytes())?;
+        std::fs::write(root.join("proc/sys/net/ipv4/ip_forward"), "1\n").context("enabling IPv4 forwarding")?;
+        service::start_in_background(UNITS)?;
+        println!("ciab-firstboot: ovn: Open vSwitch, the OVN databases, ovn-northd and ovn-controller starting");
+        ctx.set_stamp("ovn")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,13 +222,13 @@ mod tests {
         assert!(unit.contains("\nIPMasquerade=ipv4\n"));
         assert_eq!(p.cidr(), "172.24.4.0/24");
         assert_eq!(p.pool(), (Ipv4Addr::new(172, 24, 4, 2), Ipv4Addr::new(172, 24, 4, 254)));
-        let site: crate::site::Cidr = "192.0.2.128/25".parse().unwrap();
+        let site: crate::model::site::Cidr = "192.0.2.128/25".parse().unwrap();
         let p = Provider::from_site(Some(site)).unwrap();
         assert_eq!((p.cidr(), p.gateway()), ("192.0.2.128/25".to_owned(), Ipv4Addr::new(192, 0, 2, 129)));
         assert_eq!(p.pool(), (Ipv4Addr::new(192, 0, 2, 130), Ipv4Addr::new(192, 0, 2, 254)));
-        let small: crate::site::Cidr = "192.0.2.0/29".parse().unwrap();
+        let small: crate::model::site::Cidr = "192.0.2.0/29".parse().unwrap();
         assert_eq!(Provider::from_site(Some(small)).unwrap().pool(), (Ipv4Addr::new(192, 0, 2, 2), Ipv4Addr::new(192, 0, 2, 6)));
-        let v6: crate::site::Cidr = "fd00::/64".parse().unwrap();
+        let v6: crate::model::site::Cidr = "fd00::/64".parse().unwrap();
         assert!(Provider::from_site(Some(v6)).is_err());
     }
 }

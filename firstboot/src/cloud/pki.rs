@@ -13,6 +13,10 @@ use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, Exte
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use crate::ctx::Ctx;
+use crate::engine::Step;
+use crate::host::network::management_addresses;
+use super::catalog::endpoints;
 
 /// Where the box keeps its CA and certificates, under the state directory
 /// (`/var/lib/ciab/pki`).
@@ -53,6 +57,7 @@ impl ServerNames {
 }
 
 const CA_DAYS: i64 = 3650;
+
 const SERVER_DAYS: i64 = 825;
 
 impl Pki {
@@ -154,6 +159,98 @@ fn ca_params(hostname: &str) -> Result<CertificateParams> {
     Ok(params)
 }
 
+pub fn pki_of(ctx: &Ctx) -> Pki {
+    Pki::new(&ctx.state_dir.join(PKI_SUBDIR))
+}
+
+fn server_names(ctx: &Ctx) -> Result<ServerNames> {
+    let site = ctx.site()?;
+    let fqdn = site.domain.as_ref().map(|d| format!("{}.{d}", site.hostname));
+    let public = endpoints(ctx)?.host;
+    let mut hosts: Vec<&str> = vec![&site.hostname, "localhost", "127.0.0.1", "::1", &public];
+    if let Some(f) = &fqdn {
+        hosts.push(f);
+    }
+    Ok(ServerNames::new(&hosts, &management_addresses(ctx)?))
+}
+
+/// Where the box's CA goes so clients on the box trust it: the source
+/// update-ca-certificates reads, and the bundle it writes.
+const LOCAL_TRUST: &str = "usr/local/share/ca-certificates/ciab-box-ca.crt";
+
+const TRUST_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
+
+/// Is the CA in the box's trust store?
+pub fn is_trusted(root: &Path, ca_pem: &str) -> bool {
+    std::fs::read_to_string(root.join(LOCAL_TRUST)).ok().as_deref() == Some(ca_pem)
+        && std::fs::read_to_string(root.join(TRUST_BUNDLE)).is_ok_and(|b| b.contains(ca_pem.trim()))
+}
+
+/// Adds the CA to the trust store as update-ca-certificates would, without
+/// running it: it rehashes every certificate, ~25 s under TCG. The file
+/// under /usr/local/share keeps the CA in the bundle when a package upgrade
+/// rebuilds it.
+pub fn trust(root: &Path, ca_pem: &str) -> Result<()> {
+    let local = root.join(LOCAL_TRUST);
+    std::fs::create_dir_all(local.parent().context("parent")?)?;
+    ciab_core::atomic::write_atomic(&local, ca_pem.as_bytes())?;
+    let bundle = root.join(TRUST_BUNDLE);
+    let mut text = std::fs::read_to_string(&bundle).unwrap_or_default();
+    if !text.contains(ca_pem.trim()) {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(ca_pem);
+        std::fs::create_dir_all(bundle.parent().context("parent")?)?;
+        ciab_core::atomic::write_atomic(&bundle, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// `AA:BB:…`: SHA-256 of the certificate's DER, as browsers show it.
+pub fn fingerprint(pem: &str) -> Result<String> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let body: String = pem.lines().skip_while(|l| !l.starts_with("-----BEGIN")).skip(1).take_while(|l| !l.starts_with("-----END")).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(body).context("decoding the certificate")?;
+    Ok(sha2::Sha256::digest(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"))
+}
+
+pub struct PkiStep;
+
+impl Step<Ctx> for PkiStep {
+    fn name(&self) -> &'static str {
+        "pki"
+    }
+    fn title(&self) -> &'static str {
+        "make the box's CA and TLS certificate"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["network"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        if !ctx.has_cloud()? {
+            return Ok(true);
+        }
+        let pki = pki_of(ctx);
+        let trusted = std::fs::read_to_string(pki.ca_cert()).is_ok_and(|ca| is_trusted(&ctx.root, &ca));
+        Ok(pki.is_complete(&server_names(ctx)?) && trusted)
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let pki = pki_of(ctx);
+        let names = server_names(ctx)?;
+        let created = pki.ensure(&ctx.site()?.hostname, &names)?;
+        let ca = std::fs::read_to_string(pki.ca_cert())?;
+        trust(&ctx.root, &ca)?;
+        println!("ciab-firstboot: pki: CA {} (SHA-256 {})", if created { "created" } else { "kept" }, fingerprint(&ca)?);
+        println!(
+            "ciab-firstboot: pki: server certificate for {}",
+            names.dns.iter().cloned().chain(names.ips.iter().map(|i| i.to_string())).collect::<Vec<_>>().join(", ")
+        );
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +310,54 @@ mod tests {
         assert_eq!(std::fs::read(pki.ca_cert()).unwrap(), ca, "the CA is never re-issued");
         assert_ne!(std::fs::read(pki.server_cert()).unwrap(), server);
         assert!(pki.is_complete(&more));
+    }
+
+    #[test]
+    fn the_ca_joins_the_trust_bundle_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc/ssl/certs")).unwrap();
+        let other = "-----BEGIN CERTIFICATE-----\nOTHER\n-----END CERTIFICATE-----";
+        std::fs::write(root.join(TRUST_BUNDLE), other).unwrap();
+        let ca = "-----BEGIN CERTIFICATE-----\nOURS\n-----END CERTIFICATE-----\n";
+        assert!(!is_trusted(root, ca));
+        trust(root, ca).unwrap();
+        trust(root, ca).unwrap();
+        assert!(is_trusted(root, ca));
+        let bundle = std::fs::read_to_string(root.join(TRUST_BUNDLE)).unwrap();
+        assert_eq!(bundle, format!("{other}\n{ca}"));
+        assert_eq!(std::fs::read_to_string(root.join(LOCAL_TRUST)).unwrap(), ca);
+    }
+
+    /// What clients on the box use: openssl verifies our server certificate
+    /// against the bundle `trust` wrote.
+    #[test]
+    fn openssl_trusts_the_server_through_the_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Pki::new(&dir.path().join("pki"));
+        p.ensure("box", &ServerNames::new(&["box"], &[])).unwrap();
+        let ca = std::fs::read_to_string(p.ca_cert()).unwrap();
+        trust(dir.path(), &ca).unwrap();
+        let chain = std::fs::read_to_string(p.server_cert()).unwrap();
+        let leaf = &chain[..chain.find("-----END CERTIFICATE-----").unwrap() + 26];
+        std::fs::write(dir.path().join("leaf.crt"), leaf).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["verify", "-verify_hostname", "box", "-CAfile"])
+            .arg(dir.path().join(TRUST_BUNDLE))
+            .arg(dir.path().join("leaf.crt"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
+    fn fingerprint_is_sha256_of_der() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Pki::new(dir.path());
+        p.ensure("box", &ServerNames::new(&["box"], &[])).unwrap();
+        let pem = std::fs::read_to_string(p.ca_cert()).unwrap();
+        let out = std::process::Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(p.ca_cert()).output().unwrap();
+        let openssl = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(openssl.trim().split('=').nth(1).unwrap(), fingerprint(&pem).unwrap());
     }
 }

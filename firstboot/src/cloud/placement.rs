@@ -1,8 +1,13 @@
 //! Placement, the inventory of what Nova can schedule onto.
 
-use super::catalog::PLACEMENT;
+use super::catalog::{Endpoints, PLACEMENT, endpoints};
 use super::ini::Ini;
-use super::{keystone, Endpoints};
+use super::keystone;
+use anyhow::Result;
+use crate::ctx::Ctx;
+use crate::engine::Step;
+use super::uwsgi::{Uwsgi, api_started, start_api};
+use super::database::{db_url, pool};
 
 pub const CONF: &str = "etc/placement/placement.conf";
 
@@ -13,6 +18,29 @@ pub fn conf(db_url: &str, endpoints: &Endpoints, service_password: &str, pool: (
     keystone::authtoken(&mut ini, endpoints, PLACEMENT.name, service_password);
     ini.set("oslo_middleware", "enable_proxy_headers_parsing", true);
     ini
+}
+
+pub struct PlacementStep;
+
+impl Step<Ctx> for PlacementStep {
+    fn name(&self) -> &'static str {
+        "placement"
+    }
+    fn title(&self) -> &'static str {
+        "configure Placement, the resource inventory"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["identity"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        api_started(ctx, &PLACEMENT)
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let cp = ctx.control_plane()?;
+        let conf = conf(&db_url(ctx, "placement", "placement")?, &endpoints(ctx)?, &ctx.secret("placement-service")?, pool(ctx)?);
+        let ini = Uwsgi::api("placement-api", PLACEMENT.bind, "/usr/bin/placement-api", "placement", cp.workers.placement);
+        start_api(ctx, &PLACEMENT, &ini, (CONF, conf.render()), &[])
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! Python start-up under TCG). Only plain HTTP to 127.0.0.1: TLS is the
 //! front end's business, for clients off the box.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

@@ -1,8 +1,10 @@
 //! Starting the image's masked services once their configuration is written,
 //! and waiting for them to answer — never on a fixed sleep.
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result, bail};
 use std::time::{Duration, Instant};
+use std::path::Path;
+use super::keys;
 
 /// systemctl without its SysV hook: `enable` of a unit that also ships an
 /// init.d script (most of Debian's OpenStack units do) runs update-rc.d,
@@ -200,6 +202,33 @@ pub fn wait_http(url: &str, ca: Option<&str>, unit: &str, timeout: Duration) -> 
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// How long an OpenStack API may take to answer after its start: Keystone
+/// under TCG with one process answers in about two minutes.
+pub const API_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Writes ciab's drop-in for `unit` (`/etc/systemd/system/<unit>.d/ciab.conf`).
+pub fn write_dropin(root: &Path, unit: &str, sections: &str) -> Result<()> {
+    write_named_dropin(root, unit, "ciab", sections)
+}
+
+/// Writes a second drop-in of ciab's for `unit`, beside the one
+/// [`install_uwsgi`] or [`write_dropin`] writes (`<name>.conf`).
+pub fn write_named_dropin(root: &Path, unit: &str, name: &str, sections: &str) -> Result<()> {
+    let path = root.join(format!("etc/systemd/system/{unit}.d/{name}.conf"));
+    std::fs::create_dir_all(path.parent().context("parent")?)?;
+    ciab_core::atomic::write_atomic(&path, format!("# Written by ciab-firstboot.\n{sections}").as_bytes())
+}
+
+/// Writes a service's config file, readable by root and the service's group
+/// only (it holds passwords).
+pub fn write_private_conf(root: &Path, rel: &str, text: &str, group_of: &str) -> Result<()> {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().context("parent")?)?;
+    ciab_core::atomic::write_atomic_mode(&path, text.as_bytes(), 0o640)?;
+    let (_, gid) = keys::system_user(root, group_of)?;
+    keys::chown(&path, (0, gid))
 }
 
 #[cfg(test)]

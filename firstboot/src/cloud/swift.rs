@@ -11,18 +11,28 @@
 //! project: a bucket is a container of the project's account, as scs-0123's
 //! check compares.
 
-use super::catalog::{KEYSTONE, OBJECT_STORE};
+use super::catalog::{Endpoints, KEYSTONE, OBJECT_STORE, endpoints};
 use super::ini::Ini;
-use super::{keystone, messaging, Endpoints};
+use super::{keys, keystone, messaging, service};
+use anyhow::{Result, bail};
+use crate::ctx::Ctx;
+use crate::engine::Step;
+use super::service::{write_dropin, write_private_conf};
+use super::uwsgi::api_started;
 
 pub const SWIFT_CONF: &str = "etc/swift/swift.conf";
+
 pub const PROXY_CONF: &str = "etc/swift/proxy-server.conf";
+
 /// Where the storage servers find their devices; the box's one device is
 /// the `swift` volume, mounted at `DEVICES/DEVICE`.
 pub const DEVICES: &str = "/srv/node";
+
 pub const DEVICE: &str = "d1";
+
 /// The mount point of the `swift` volume.
 pub const DEVICE_PATH: &str = "/srv/node/d1";
+
 /// The rings the image ships, which the units assert before starting.
 pub const RINGS: &[&str] = &["etc/swift/account.ring.gz", "etc/swift/container.ring.gz", "etc/swift/object.ring.gz"];
 
@@ -129,6 +139,53 @@ pub fn proxy_conf(c: &ProxyConf) -> Ini {
     // wants a `swiftoperator` role nobody has).
     ini.set("filter:keystoneauth", "use", "egg:swift#keystoneauth").set("filter:keystoneauth", "operator_roles", "admin, member");
     ini
+}
+
+/// The storage servers' units, then the proxy's.
+fn units() -> Vec<&'static str> {
+    SERVERS.iter().map(|s| s.0).chain([OBJECT_STORE.unit]).collect()
+}
+
+pub struct SwiftStep;
+
+impl Step<Ctx> for SwiftStep {
+    fn name(&self) -> &'static str {
+        "swift"
+    }
+    fn title(&self) -> &'static str {
+        "configure Swift, the object storage with S3"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["identity", "messaging", "storage"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(api_started(ctx, &OBJECT_STORE)? && (!ctx.has_cloud()? || units().iter().all(|u| service::is_up_or_starting(u))))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let root = ctx.root.clone();
+        let cp = ctx.control_plane()?;
+        if let Some(missing) = RINGS.iter().find(|r| !root.join(r).is_file()) {
+            bail!("/{missing} is missing: the image was built without Swift's rings (images/scripts/openstack.sh makes them)");
+        }
+        let owner = keys::system_user(&root, "swift")?;
+        // The device is the mounted volume (the servers' mount_check refuses
+        // anything else); Swift writes into it as its own user.
+        let device = root.join(DEVICE_PATH.trim_start_matches('/'));
+        std::fs::create_dir_all(&device)?;
+        keys::chown(&device, owner)?;
+        let hash = swift_conf(&ctx.secret("swift-hash-prefix")?, &ctx.secret("swift-hash-suffix")?);
+        write_private_conf(&root, SWIFT_CONF, &hash.render(), "swift")?;
+        for (unit, conf, app, port) in SERVERS {
+            ciab_core::atomic::write_atomic(&root.join(conf), server_conf(app, *port, cp.workers.swift_storage).render().as_bytes())?;
+            write_dropin(&root, &format!("{unit}.service"), &service::requires_mounts_dropin(&[DEVICE_PATH]))?;
+        }
+        let proxy = proxy_conf(&ProxyConf { endpoints: &endpoints(ctx)?, service_password: &ctx.secret("swift-service")?, processes: cp.workers.swift_proxy });
+        write_private_conf(&root, PROXY_CONF, &proxy.render(), "swift")?;
+        let units = units();
+        service::start_in_background(&units)?;
+        println!("ciab-firstboot: swift: {} starting; device {} (one replica), S3 at the front end's root", units.join(", "), DEVICE_PATH);
+        ctx.set_stamp(OBJECT_STORE.name)
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,13 @@
 //! answer under TCG): the plan's process count, one thread each, the app
 //! loaded once in the master, bound to loopback behind the TLS front end.
 
+use anyhow::{Context, Result};
+use crate::ctx::Ctx;
+use std::path::Path;
+use super::service;
+use super::catalog::Api;
+use super::service::{write_dropin, write_private_conf};
+
 /// One API's uwsgi instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Uwsgi<'a> {
@@ -71,6 +78,45 @@ impl<'a> Uwsgi<'a> {
 /// script wrapper.
 pub fn dropin(ini_path: &str) -> String {
     format!("[Service]\nExecStart=\nExecStart=/usr/bin/uwsgi_python3 --ini {ini_path}\nRestart=on-failure\n")
+}
+
+/// Writes `api`'s uwsgi ini and the drop-in that runs `unit` from it (and
+/// orders it after the mounts of `data`); starting the unit reloads systemd.
+pub fn install_uwsgi(root: &Path, unit: &str, api: &Uwsgi, data: &[&str]) -> Result<()> {
+    let ini = Uwsgi::ini_path(api.name);
+    let path = root.join(&ini);
+    std::fs::create_dir_all(path.parent().context("parent")?)?;
+    ciab_core::atomic::write_atomic(&path, api.ini().as_bytes())?;
+    let mut dropin = dropin(&format!("/{ini}"));
+    if !data.is_empty() {
+        dropin.push_str(&service::requires_mounts_dropin(data));
+    }
+    write_dropin(root, &format!("{unit}.service"), &dropin)
+}
+
+/// Configures an API under uwsgi and starts it; the `apis` step waits for it.
+pub fn start_api(ctx: &Ctx, api: &Api, ini: &Uwsgi, conf: (&str, String), data: &[&str]) -> Result<()> {
+    install_api(ctx, api, ini, conf, data)?;
+    launch_api(ctx, api, ini, &[])
+}
+
+/// Writes an API's configuration and uwsgi unit, not starting it yet.
+pub fn install_api(ctx: &Ctx, api: &Api, ini: &Uwsgi, conf: (&str, String), data: &[&str]) -> Result<()> {
+    write_private_conf(&ctx.root, conf.0, &conf.1, ini.user)?;
+    install_uwsgi(&ctx.root, api.unit, ini, data)
+}
+
+/// Starts an installed API and the units `with` it, without waiting.
+pub fn launch_api(ctx: &Ctx, api: &Api, ini: &Uwsgi, with: &[&str]) -> Result<()> {
+    let mut units = vec![api.unit];
+    units.extend_from_slice(with);
+    service::start_in_background(&units)?;
+    println!("ciab-firstboot: {}: {} starting on {} ({} process(es))", api.name, api.unit, api.bind, ini.processes);
+    ctx.set_stamp(api.name)
+}
+
+pub fn api_started(ctx: &Ctx, api: &Api) -> Result<bool> {
+    Ok(!ctx.has_cloud()? || (ctx.stamp(api.name).exists() && service::is_up_or_starting(api.unit)))
 }
 
 #[cfg(test)]

@@ -7,14 +7,14 @@
 
 use super::catalog::GLANCE;
 use super::rest::{expect, request, upload};
-use super::steps::{admin, has_cloud, set_stamp, stamp};
-use ciab_core::contract::{BundleGuestImage, BUNDLE_MOUNTPOINT};
+use ciab_core::contract::{BUNDLE_MOUNTPOINT, BundleGuestImage};
 use crate::engine::Step;
-use crate::steps::Ctx;
-use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use crate::ctx::Ctx;
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
 use std::io::Read;
 use std::path::Path;
+use super::identity::admin;
 
 /// Glance's create request for `image`: public, with its properties.
 pub fn create_body(image: &BundleGuestImage) -> Value {
@@ -93,10 +93,10 @@ impl Step<Ctx> for GuestImagesStep {
         &["apis"]
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!has_cloud(ctx)? || stamp(ctx, "guest-images").exists())
+        Ok(!ctx.has_cloud()? || ctx.stamp("guest-images").exists())
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        let images = crate::registry::bundle_index(&ctx.root)?.map(|i| i.guest_images).unwrap_or_default();
+        let images = crate::host::registry::bundle_index(&ctx.root)?.map(|i| i.guest_images).unwrap_or_default();
         if !images.is_empty() {
             let keystone = admin(ctx)?;
             let bundle = ctx.root.join(BUNDLE_MOUNTPOINT.trim_start_matches('/'));
@@ -105,7 +105,7 @@ impl Step<Ctx> for GuestImagesStep {
                 println!("ciab-firstboot: guest-images: {} ({} KiB, {}) active in Glance as {id}", image.name, image.size / 1024, image.disk_format);
             }
         }
-        set_stamp(ctx, "guest-images")
+        ctx.set_stamp("guest-images")
     }
 }
 

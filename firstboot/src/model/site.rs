@@ -35,8 +35,8 @@
 //! port = 443
 //! ```
 
-use crate::discover::Hardware;
-use crate::plan::Profile;
+use crate::model::hardware::Hardware;
+use crate::model::plan::Profile;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -1024,7 +1024,7 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::discover::{Firmware, Nic};
+    use crate::model::hardware::{Firmware, Nic};
 
     #[test]
     fn install_section_names_a_disk_or_is_refused() {

@@ -7,12 +7,13 @@
 use super::catalog::{BLOCK_STORAGE, COMPUTE, NETWORK};
 use super::cinder::BACKEND;
 use super::rest::{expect, request};
-use super::scs::{self, MANDATORY_FLAVORS};
-use super::steps::{admin, has_cloud, set_stamp, stamp};
+use super::scs;
+use super::scs::MANDATORY_FLAVORS;
 use crate::engine::Step;
-use crate::steps::Ctx;
+use crate::ctx::Ctx;
 use anyhow::{Context, Result};
 use serde_json::json;
+use super::identity::admin;
 
 pub struct FlavorsStep;
 
@@ -27,7 +28,7 @@ impl Step<Ctx> for FlavorsStep {
         &["apis"]
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!has_cloud(ctx)? || stamp(ctx, "flavors").exists())
+        Ok(!ctx.has_cloud()? || ctx.stamp("flavors").exists())
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let keystone = admin(ctx)?;
@@ -44,7 +45,7 @@ impl Step<Ctx> for FlavorsStep {
             expect(request(COMPUTE.bind, "POST", &format!("/v2.1/flavors/{}/os-extra_specs", f.name), token, Some(&specs))?, &format!("setting the extra specs of {}", f.name), &[200])?;
         }
         println!("ciab-firstboot: flavors: the {} mandatory flavors of scs-0103 ({created} created), with their scs: extra specs", MANDATORY_FLAVORS.len());
-        set_stamp(ctx, "flavors")
+        ctx.set_stamp("flavors")
     }
 }
 
@@ -61,7 +62,7 @@ impl Step<Ctx> for VolumeTypesStep {
         &["apis"]
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!has_cloud(ctx)? || stamp(ctx, "volume-types").exists())
+        Ok(!ctx.has_cloud()? || ctx.stamp("volume-types").exists())
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let keystone = admin(ctx)?;
@@ -85,7 +86,7 @@ impl Step<Ctx> for VolumeTypesStep {
         let specs = json!({"extra_specs": {"volume_backend_name": BACKEND}});
         expect(request(BLOCK_STORAGE.bind, "POST", &format!("{types}/{id}/extra_specs"), token, Some(&specs))?, "setting the volume type's backend", &[200])?;
         println!("ciab-firstboot: volume-types: {} (default; backend {BACKEND}): {:?}", scs::DEFAULT_VOLUME_TYPE, scs::DEFAULT_VOLUME_TYPE_DESCRIPTION);
-        set_stamp(ctx, "volume-types")
+        ctx.set_stamp("volume-types")
     }
 }
 
@@ -104,7 +105,7 @@ impl Step<Ctx> for SecurityGroupsStep {
         &["apis"]
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!has_cloud(ctx)? || stamp(ctx, "security-groups").exists())
+        Ok(!ctx.has_cloud()? || ctx.stamp("security-groups").exists())
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let keystone = admin(ctx)?;
@@ -129,6 +130,6 @@ impl Step<Ctx> for SecurityGroupsStep {
             }
         }
         println!("ciab-firstboot: security-groups: new groups allow all egress (IPv4, IPv6) and ingress only from the group itself, in default groups only ({removed} removed, {added} added)");
-        set_stamp(ctx, "security-groups")
+        ctx.set_stamp("security-groups")
     }
 }

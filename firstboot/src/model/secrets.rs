@@ -111,4 +111,5 @@ mod tests {
         assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"), "{u}");
         assert_ne!(u, uuid4().unwrap());
     }
+
 }

@@ -10,10 +10,11 @@
 //! Units: RAM in MiB, disk in GiB (1 GiB = 2^30 bytes), as in the option names
 //! the numbers end up in.
 
-use crate::discover::{Disk, Hardware};
+use crate::model::hardware::{Disk, Hardware};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+use anyhow::Result;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -677,7 +678,7 @@ fn tenths_gib(tenths: u64) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::discover::{Firmware, Nic};
+    use crate::model::hardware::{Firmware, Nic};
 
     const KIB: u64 = 1024;
 
@@ -930,4 +931,5 @@ mod tests {
         }
         assert_eq!("huge".parse::<Profile>().unwrap_err(), "unknown profile `huge`; expected tiny, eval, box or edge");
     }
+
 }

@@ -3,7 +3,7 @@
 //! the ESP, `ciab.*` arguments on the kernel command line, else defaults.
 
 use ciab_core::exec::Cmd;
-use crate::site::SiteConfig;
+use crate::model::site::SiteConfig;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -67,7 +67,7 @@ pub fn find(run_dir: &Path) -> Result<Found> {
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if SiteConfig::from_kernel_cmdline(&cmdline)?.is_some() {
-        return Ok(Found { source: crate::site::KERNEL_CMDLINE.to_owned(), text: cmdline, kind: SourceKind::KernelCmdline });
+        return Ok(Found { source: crate::model::site::KERNEL_CMDLINE.to_owned(), text: cmdline, kind: SourceKind::KernelCmdline });
     }
     Ok(Found { source: "defaults".into(), text: String::new(), kind: SourceKind::Defaults })
 }

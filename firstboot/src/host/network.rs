@@ -2,9 +2,12 @@
 //! site config names (or the first with carrier), the host name and
 //! /etc/hosts.
 
-use crate::site::{NetworkMode, SiteConfig};
+use crate::model::site::{NetworkMode, SiteConfig};
 use anyhow::{Context, Result};
 use std::path::Path;
+use crate::ctx::Ctx;
+use crate::engine::Step;
+use anyhow::bail;
 
 /// The networkd file first boot owns.
 pub const NETWORK_FILE: &str = "etc/systemd/network/10-ciab-mgmt.network";
@@ -72,6 +75,76 @@ pub fn addresses(nic: &str) -> Result<Vec<String>> {
         .filter(|a| a["scope"] == "global")
         .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"].as_u64()?)))
         .collect())
+}
+
+/// The `network` step: the host name and the management network.
+pub struct NetworkStep;
+
+/// The management interface, or `None` on a box without one (air-gapped).
+pub fn nic(ctx: &Ctx) -> Result<Option<String>> {
+        match ctx.site()?.resolve_nic(ctx.hw()?) {
+            Ok(nic) => Ok(Some(nic)),
+            Err(crate::model::site::SiteError::NoNetworkInterface) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+}
+
+/// The management addresses (without prefix length).
+pub fn management_addresses(ctx: &Ctx) -> Result<Vec<std::net::IpAddr>> {
+    let Some(nic) = nic(ctx)? else { return Ok(Vec::new()) };
+    Ok(addresses(&nic)?.iter().filter_map(|a| a.split('/').next()?.parse().ok()).collect())
+}
+
+impl Step<Ctx> for NetworkStep {
+    fn name(&self) -> &'static str {
+        "network"
+    }
+    fn title(&self) -> &'static str {
+        "configure the management network"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["site-config"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        let nic = nic(ctx)?;
+        let site = ctx.site()?;
+        let hostname_ok = std::fs::read_to_string(ctx.root.join("etc/hostname")).ok().as_deref() == Some(&format!("{}\n", site.hostname));
+        let unit_ok = match &nic {
+            Some(nic) => {
+                std::fs::read_to_string(ctx.root.join(NETWORK_FILE)).ok().as_deref()
+                    == Some(networkd_unit(site, nic).as_str())
+                    && !addresses(nic).unwrap_or_default().is_empty()
+            }
+            None => true,
+        };
+        Ok(hostname_ok && unit_ok)
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let nic = nic(ctx)?;
+        let site = ctx.site()?;
+        write_files(&ctx.root, site, nic.as_deref())?;
+        std::fs::write("/proc/sys/kernel/hostname", &site.hostname).context("setting the host name")?;
+        let Some(nic) = nic else {
+            println!("ciab-firstboot: network: no network interface: air-gapped, nothing to configure");
+            return Ok(());
+        };
+        // networkctl needs D-Bus, which a minimal image lacks; a restart
+        // through PID 1 makes networkd read the new file just as well.
+        ciab_core::exec::Cmd::new("systemctl").package("systemd").args(["enable", "systemd-networkd"]).run()?;
+        ciab_core::exec::Cmd::new("systemctl").package("systemd").args(["restart", "systemd-networkd"]).run()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let addrs = addresses(&nic)?;
+            if !addrs.is_empty() {
+                println!("ciab-firstboot: network: {nic} {}", addrs.join(" "));
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{nic} has no address after 90 s ({:?} configuration)", site.network.mode);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@ use gptman::{GPTPartitionEntry, GPT};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};
+use crate::ctx::Ctx;
+use crate::engine::Step;
+use crate::model::plan::Plan;
 
 /// GPT name of the partition first boot creates.
 pub const DATA_LABEL: &str = "data";
@@ -212,6 +215,61 @@ pub fn is_complete(disk: &str, volumes: &[Volume]) -> bool {
         Cmd::new("lvs").arg(format!("{VG}/{}", v.name)).run().is_ok()
             && v.mountpoint.as_ref().is_none_or(|mp| Cmd::new("mountpoint").args(["-q", mp]).run().is_ok())
     })
+}
+
+/// The logical volumes a plan asks for, with their mount points.
+pub fn volumes(plan: &Plan) -> Vec<Volume> {
+    let v = |name: &str, size_gib: u64, mp: Option<&str>| Volume { name: name.into(), size_gib, mountpoint: mp.map(str::to_owned) };
+    let mut out = Vec::new();
+    if let Some(c) = &plan.storage.volumes {
+        out.push(v("mariadb", c.mariadb_gib, Some("/var/lib/mysql")));
+        out.push(v("glance", c.glance_gib, Some("/var/lib/glance/images")));
+        out.push(v("nova", c.nova_instances_gib, Some("/var/lib/nova/instances")));
+        out.push(v("kaas", c.kaas_gib, Some("/var/lib/ciab/kaas")));
+        out.push(v("swift", c.swift_gib, Some(crate::cloud::swift::DEVICE_PATH)));
+        // cinder_gib stays free in the VG: Cinder's LVM driver creates its
+        // volumes there when the IaaS layer is configured.
+    }
+    if plan.storage.appliance_gib > 0 {
+        out.push(v("appliance", plan.storage.appliance_gib, Some("/srv/ciab")));
+    }
+    out
+}
+
+/// The `storage` step: the data partition, the volume group and the plan's volumes, mounted.
+pub struct StorageStep;
+
+impl Step<Ctx> for StorageStep {
+    fn name(&self) -> &'static str {
+        "storage"
+    }
+    fn title(&self) -> &'static str {
+        "claim the disk"
+    }
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["plan"]
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        let plan = ctx.plan()?;
+        Ok(is_complete(&plan.storage.disk, &volumes(plan)))
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let plan = ctx.plan()?;
+        let disk = &plan.storage.disk;
+        let root_disk = root_disk()?;
+        if disk != &root_disk {
+            bail!("the plan targets {disk} but the running root is on {root_disk}: refusing to touch another disk");
+        }
+        let number = ensure_data_partition(Path::new(&format!("/dev/{disk}")))?;
+        let pv = announce_partition(disk, number)?;
+        let vols = volumes(plan);
+        ensure_volumes(&pv, &vols)?;
+        ensure_mounts(&vols)?;
+        for (name, bytes) in report()? {
+            println!("ciab-firstboot: storage: lv {}/{name} {} MiB", VG, bytes >> 20);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
+use crate::ctx::Ctx;
+use crate::engine::Step;
 
 /// Where the registry listens.
 pub const ADDR: &str = ciab_core::contract::REGISTRY_ADDR;
@@ -76,6 +78,47 @@ fn request(addr: &str, method: &str, path: &str) -> Result<(u16, Option<String>)
         k.eq_ignore_ascii_case("docker-content-digest").then(|| v.trim().to_owned())
     });
     Ok((status, digest))
+}
+
+/// The offline registry serves the bundle: started by its unit once the
+/// bundle is mounted; this step waits for it and checks every image the
+/// bundle lists, so `ready` means the images are pullable.
+pub struct RegistryStep;
+
+/// How long `docker-registry` may take to answer (a Go binary under TCG
+/// starts in seconds; the bundle mount may wait for a slow udev).
+const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
+impl Step<Ctx> for RegistryStep {
+    fn name(&self) -> &'static str {
+        "registry"
+    }
+    fn title(&self) -> &'static str {
+        "serve the offline registry"
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(match bundle_index(&ctx.root)? {
+            Some(index) if !index.images.is_empty() => probe(ADDR, &index).is_ok(),
+            _ => true,
+        })
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let index = bundle_index(&ctx.root)?.context("the bundle index disappeared")?;
+        ciab_core::exec::Cmd::new("systemctl").package("systemd").args(["start", UNIT]).run()?;
+        let deadline = std::time::Instant::now() + REGISTRY_TIMEOUT;
+        loop {
+            match probe(ADDR, &index) {
+                Ok(()) => break,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    let log = ciab_core::exec::Cmd::new("journalctl").args(["-u", UNIT, "-n", "5", "--no-pager", "-o", "cat"]).run().unwrap_or_default();
+                    bail!("the offline registry does not serve the bundle after {} s: {e:#}\n{}", REGISTRY_TIMEOUT.as_secs(), log.trim_end());
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(250)),
+            }
+        }
+        println!("ciab-firstboot: registry: {} image(s) served on http://{}", index.images.len(), ADDR);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
