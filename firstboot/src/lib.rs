@@ -6,7 +6,7 @@ pub mod cloud;
 pub mod ctx;
 pub mod engine;
 pub mod host;
+pub mod http;
 pub mod model;
 pub mod status;
-
 pub mod steps;

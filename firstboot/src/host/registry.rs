@@ -4,9 +4,9 @@
 
 use ciab_core::contract::{BundleIndex, BUNDLE_INDEX_FILE, BUNDLE_MOUNTPOINT};
 use anyhow::{bail, Context, Result};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use crate::http::Client;
 use std::path::Path;
+use std::sync::LazyLock;
 use std::time::Duration;
 use crate::ctx::Ctx;
 use crate::engine::Step;
@@ -17,6 +17,9 @@ pub const UNIT: &str = "docker-registry.service";
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
                       application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// 2 s to connect, 10 s for each read: the registry is on loopback.
+static CLIENT: LazyLock<Client> = LazyLock::new(|| Client::new(Duration::from_secs(2), Duration::from_secs(10)));
 
 /// The bundle's index under `root`, or `None` for an image without a bundle.
 pub fn bundle_index(root: &Path) -> Result<Option<BundleIndex>> {
@@ -56,28 +59,10 @@ pub fn probe(addr: &str, index: &BundleIndex) -> Result<()> {
     Ok(())
 }
 
-/// One HTTP/1.0 request; returns the status and the Docker-Content-Digest header.
+/// One request; returns the status and the Docker-Content-Digest header.
 fn request(addr: &str, method: &str, path: &str) -> Result<(u16, Option<String>)> {
-    let what = || format!("{method} http://{addr}{path}");
-    let sock = addr.parse().with_context(what)?;
-    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).with_context(what)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {ACCEPT}\r\n\r\n").as_bytes()).with_context(what)?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
-        if s.read(&mut byte).with_context(what)? == 0 {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).with_context(|| format!("{}: no HTTP status in the answer", what()))?;
-    let digest = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("docker-content-digest").then(|| v.trim().to_owned())
-    });
-    Ok((status, digest))
+    let a = CLIENT.send(method, addr, path, &[("Accept", ACCEPT)], &[])?;
+    Ok((a.status, a.header("docker-content-digest").map(str::to_owned)))
 }
 
 /// The offline registry serves the bundle: started by its unit once the
@@ -125,6 +110,7 @@ impl Step<Ctx> for RegistryStep {
 mod tests {
     use super::*;
     use ciab_core::contract::BundleImage;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
 
     /// Answers each connection with the next canned response head.
@@ -167,6 +153,10 @@ mod tests {
         let addr = serve(vec!["HTTP/1.1 200 OK\r\n\r\n", "HTTP/1.1 404 Not Found\r\n\r\n"]);
         let err = probe(&addr, &index(&d)).unwrap_err().to_string();
         assert!(err.contains(&format!("HEAD /v2/registry.k8s.io/pause/manifests/{d} answered HTTP 404")), "{err}");
+
+        let addr = serve(vec!["HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}"]);
+        let err = probe(&addr, &index(&d)).unwrap_err().to_string();
+        assert_eq!(err, format!("GET http://{addr}/v2/ answered HTTP 503"));
     }
 
     #[test]
