@@ -15,12 +15,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, Permissions};
 use std::io::{self, BufWriter, ErrorKind, Read, Seek, SeekFrom, Write};
-use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -692,8 +692,10 @@ impl HttpResponse {
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close` to `host` ("ip:port"); the
-/// response is read to EOF. A body cut short is returned with
+/// One HTTP/1.1 request with `Connection: close` to `host` ("ip:port"),
+/// through `ureq` like the box's own client, without following redirects;
+/// every status is an answer. A body cut short (the server closes or resets
+/// before `Content-Length` bytes or the last chunk) is returned with
 /// `complete == false` rather than as an error, so tests can observe
 /// truncation.
 pub fn http_request(
@@ -702,112 +704,69 @@ pub fn http_request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<HttpResponse> {
-    let addr = host
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {host}"))?
-        .next()
-        .ok_or_else(|| anyhow!("{host} resolves to no address"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, HTTP_CONNECT_TIMEOUT)
-        .with_context(|| format!("connecting to {host}"))?;
-    stream.set_read_timeout(Some(HTTP_IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(HTTP_IO_TIMEOUT))?;
+    static AGENT: LazyLock<ureq::Agent> = LazyLock::new(|| {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            // The registries under test are on loopback; a proxy from the
+            // environment must not stand in between.
+            .proxy(None)
+            .max_redirects(0)
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
+            .user_agent("ciab-qemu-tests")
+            .timeout_connect(Some(HTTP_CONNECT_TIMEOUT))
+            .timeout_per_read(Some(HTTP_IO_TIMEOUT))
+            .timeout_per_write(Some(HTTP_IO_TIMEOUT))
+            .build()
+            .new_agent()
+    });
     let path = if path.starts_with('/') {
         path.to_owned()
     } else {
         format!("/{path}")
     };
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
-         User-Agent: ciab-qemu-tests\r\n"
-    );
+    let what = || format!("{method} http://{host}{path}");
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{host}{path}"))
+        // The stand-in serves one request per connection and waits for the
+        // client to close first.
+        .header("Connection", "close");
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req = req.header(*k, *v);
     }
-    req.push_str("\r\n");
-    stream
-        .write_all(req.as_bytes())
-        .with_context(|| format!("sending {method} {path} to {host}"))?;
-
-    let mut raw = Vec::new();
-    if let Err(e) = stream.read_to_end(&mut raw) {
-        // A server aborting mid-body may reset rather than close; what came
-        // before the reset is the (incomplete) answer.
-        if e.kind() != ErrorKind::ConnectionReset || raw.is_empty() {
-            return Err(e)
-                .with_context(|| format!("reading response to {method} {path} from {host}"));
-        }
-    }
-    parse_response(&raw, method == "HEAD")
-        .with_context(|| format!("response to {method} {path} from {host}"))
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn parse_response(raw: &[u8], head_only: bool) -> Result<HttpResponse> {
-    let end = find(raw, b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("no complete header in {} bytes", raw.len()))?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
+    let req = req.body(()).with_context(what)?;
+    let (head, mut body) = AGENT.run(req).with_context(what)?.into_parts();
     let mut resp = HttpResponse {
-        status,
-        headers,
+        status: head.status.as_u16(),
+        headers: head
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_owned(), v)
+            })
+            .collect(),
         body: Vec::new(),
         complete: true,
     };
-    if head_only || status == 204 || status == 304 || status < 200 {
-        return Ok(resp);
-    }
-    let data = &raw[end + 4..];
-    let chunked = resp
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-    if chunked {
-        (resp.body, resp.complete) = dechunk(data);
-    } else if let Some(len) = resp.content_length() {
-        let len = usize::try_from(len).context("Content-Length")?;
-        resp.complete = data.len() >= len;
-        resp.body = data[..len.min(data.len())].to_vec();
-    } else {
-        resp.body = data.to_vec();
+    // `read_to_end` keeps what arrived before an error; a server aborting
+    // mid-body closes (ureq: unexpected EOF) or resets, and what came before
+    // is the (incomplete) answer.
+    if let Err(e) = body.as_reader().read_to_end(&mut resp.body) {
+        if !matches!(
+            e.kind(),
+            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+        ) {
+            return Err(e).with_context(|| format!("reading the answer to {}", what()));
+        }
+        resp.complete = false;
     }
     Ok(resp)
 }
 
-/// Decodes a chunked body; `false` if it ends before the last chunk.
-fn dechunk(mut data: &[u8]) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = find(data, b"\r\n") else {
-            return (out, false);
-        };
-        let line = String::from_utf8_lossy(&data[..eol]);
-        let size = line.split(';').next().unwrap_or_default().trim();
-        let Ok(size) = usize::from_str_radix(size, 16) else {
-            return (out, false);
-        };
-        if size == 0 {
-            return (out, true);
-        }
-        data = &data[eol + 2..];
-        if data.len() < size {
-            out.extend_from_slice(data);
-            return (out, false);
-        }
-        out.extend_from_slice(&data[..size]);
-        data = data.get(size + 2..).unwrap_or_default();
-    }
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 // ---------------------------------------------------------------------------
