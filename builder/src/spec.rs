@@ -7,6 +7,7 @@
 //! defaults filled in. Errors name the file, line, column and key.
 
 use anyhow::{bail, Context, Result};
+use ciab_core::toml_position::{line_col, TomlPositions};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -448,23 +449,28 @@ impl Spec {
 pub fn parse_file(path: &Path, text: &str) -> Result<SpecFile, SpecError> {
     let de = toml::Deserializer::new(text);
     serde_path_to_error::deserialize(de).map_err(|err| {
-        let key = err.path().to_string().replace(".$__serde_spanned_private_value", "");
+        // The path runs through the fields of `toml::Spanned` wherever a
+        // value is spanned; only the steps that are keys of the text name it.
+        let positions = TomlPositions::new(text);
+        let mut key = String::new();
+        for segment in err.path().iter() {
+            let next = match segment {
+                serde_path_to_error::Segment::Seq { index } => format!("{key}[{index}]"),
+                other if key.is_empty() => other.to_string(),
+                other => format!("{key}.{other}"),
+            };
+            if positions.contains(&next) {
+                key = next;
+            }
+        }
         let inner = err.into_inner();
         SpecError {
             file: path.to_owned(),
             position: inner.span().map(|s| line_col(text, s.start)),
-            key: (key != "." && !key.is_empty()).then_some(key),
+            key: (!key.is_empty()).then_some(key),
             message: inner.message().to_owned(),
         }
     })
-}
-
-/// 1-based line and column of byte offset `at` in `text`.
-pub fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let before = &text[..at.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
 }
 
 struct Located {

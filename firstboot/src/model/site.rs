@@ -37,12 +37,12 @@
 
 use crate::model::hardware::Hardware;
 use crate::model::plan::Profile;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use ciab_core::toml_position::{line_col, TomlPositions};
+use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::ops::Range;
 use std::str::FromStr;
 
 /// Source name used for errors in a configuration from the kernel command line.
@@ -234,7 +234,7 @@ fn render(source: &str, position: Option<(usize, usize)>, key: Option<&str>, mes
 impl SiteConfig {
     /// Parses and checks `text`, a site.toml; `source_name` names it in errors.
     pub fn parse(source_name: &str, text: &str) -> Result<SiteConfig, SiteError> {
-        let origin = Origin { source_name: source_name.to_owned(), positions: locate_values(text), aliases: BTreeMap::new() };
+        let origin = Origin { source_name: source_name.to_owned(), positions: TomlPositions::new(text), aliases: BTreeMap::new() };
         let mut config: SiteConfig =
             serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
                 let path = e.path().to_string();
@@ -295,7 +295,7 @@ impl SiteConfig {
         if !network.is_empty() {
             root.insert("network".to_owned(), toml::Value::Table(network));
         }
-        let origin = Origin { source_name: KERNEL_CMDLINE.to_owned(), positions: BTreeMap::new(), aliases };
+        let origin = Origin { source_name: KERNEL_CMDLINE.to_owned(), positions: TomlPositions::default(), aliases };
         let mut config: SiteConfig = serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| {
             let path = e.path().to_string();
             origin.serde_error(&path, e.inner().message(), None)
@@ -483,7 +483,7 @@ impl SiteConfig {
 struct Origin {
     source_name: String,
     /// Dotted key (`network.dns[1]`) → 1-based line and column of its value.
-    positions: BTreeMap<String, (usize, usize)>,
+    positions: TomlPositions,
     /// Dotted key → what the source calls it (`network.address` → `ciab.ip`).
     aliases: BTreeMap<String, String>,
 }
@@ -503,8 +503,8 @@ impl Origin {
         let mut position = None;
         let mut at = key;
         loop {
-            if let Some(p) = self.positions.get(at) {
-                position = Some(*p);
+            if let Some(p) = self.positions.value(at) {
+                position = Some(p);
                 break;
             }
             match at.rfind(['.', '[']) {
@@ -544,7 +544,7 @@ impl Origin {
             // No path: the text is not TOML at all.
             None if path.is_empty() => (String::new(), position, format!("invalid TOML: {message}")),
             // toml locates errors inside arrays at the array; the first pass knows better.
-            None => (path.to_owned(), self.positions.get(path).copied().or(position), message.to_owned()),
+            None => (path.to_owned(), self.positions.value(path).or(position), message.to_owned()),
         };
         SiteError::Invalid {
             source_name: self.source_name.clone(),
@@ -553,135 +553,6 @@ impl Origin {
             message,
         }
     }
-}
-
-/// Where each value of `text` starts, by dotted key (`network.dns[1]`).
-/// Best effort: values toml gives no span (dotted-key tables) are missing,
-/// and invalid TOML yields nothing, since the typed pass reports it.
-fn locate_values(text: &str) -> BTreeMap<String, (usize, usize)> {
-    let mut out = BTreeMap::new();
-    if let Ok(Node::Table(table)) = Node::deserialize(toml::Deserializer::new(text)) {
-        flatten("", &table, text, &mut out);
-    }
-    out
-}
-
-/// A TOML value with its span when toml knows it.
-struct Located {
-    span: Option<Range<usize>>,
-    node: Node,
-}
-
-/// A TOML value's shape, down to the located values inside it.
-enum Node {
-    Table(Vec<(String, Located)>),
-    Array(Vec<Located>),
-    Scalar,
-}
-
-// toml hands out spans to whoever asks for this struct (it is how
-// `toml::Spanned` works). Asking directly, rather than through `Spanned`, lets
-// a value without a span still deserialise instead of failing the pass.
-const SPANNED: &str = "$__serde_spanned_private_Spanned";
-const SPANNED_START: &str = "$__serde_spanned_private_start";
-const SPANNED_END: &str = "$__serde_spanned_private_end";
-const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
-
-impl<'de> Deserialize<'de> for Located {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_struct(SPANNED, &[SPANNED_START, SPANNED_END, SPANNED_VALUE], NodeVisitor { spanned: true })
-            .map(|(span, node)| Located { span, node })
-    }
-}
-
-impl<'de> Deserialize<'de> for Node {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NodeVisitor { spanned: false }).map(|(_, node)| node)
-    }
-}
-
-/// Builds a [`Node`]; with `spanned`, recognises toml's span map first.
-struct NodeVisitor {
-    spanned: bool,
-}
-
-impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = (Option<Range<usize>>, Node);
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a TOML value")
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok((None, Node::Scalar))
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok((None, Node::Scalar))
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok((None, Node::Scalar))
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok((None, Node::Scalar))
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok((None, Node::Scalar))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok((None, Node::Array(items)))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let first = map.next_key::<String>()?;
-        if self.spanned && first.as_deref() == Some(SPANNED_START) {
-            let start: usize = map.next_value()?;
-            let _: Option<String> = map.next_key()?;
-            let end: usize = map.next_value()?;
-            let _: Option<String> = map.next_key()?;
-            // The value itself, asked for without a span so toml does not wrap it again.
-            let node: Node = map.next_value()?;
-            return Ok((Some(start..end), node));
-        }
-        let mut entries = Vec::new();
-        let mut key = first;
-        while let Some(k) = key {
-            entries.push((k, map.next_value()?));
-            key = map.next_key()?;
-        }
-        Ok((None, Node::Table(entries)))
-    }
-}
-
-fn flatten(prefix: &str, table: &[(String, Located)], text: &str, out: &mut BTreeMap<String, (usize, usize)>) {
-    for (key, value) in table {
-        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
-        flatten_value(path, value, text, out);
-    }
-}
-
-fn flatten_value(path: String, value: &Located, text: &str, out: &mut BTreeMap<String, (usize, usize)>) {
-    if let Some(span) = &value.span {
-        out.insert(path.clone(), line_col(text, span.start));
-    }
-    match &value.node {
-        Node::Table(table) => flatten(&path, table, text, out),
-        Node::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                flatten_value(format!("{path}[{i}]"), item, text, out);
-            }
-        }
-        Node::Scalar => {}
-    }
-}
-
-/// 1-based line and column (in characters) of byte offset `at` in `text`.
-fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let before = text.get(..at.min(text.len())).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
 }
 
 /// Kernel command line words: whitespace-separated, double quotes group.
