@@ -92,7 +92,7 @@ fn numbered(n: usize, name: &str) -> String {
 }
 
 fn step_number(name: &str) -> usize {
-    ciab_firstboot::steps::all().iter().position(|s| s.name() == name).expect("a step of that name") + 1
+    ciab_firstboot::steps::all().iter().position(|s| s.about().name == name).expect("a step of that name") + 1
 }
 
 /// `curl` from the host; returns (status, headers, body); an `-o FILE` in

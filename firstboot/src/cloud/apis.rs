@@ -1,6 +1,6 @@
 use anyhow::{bail, Result};
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use std::time::{Duration, Instant};
 use super::{catalog, horizon, messaging, service};
 use super::service::API_TIMEOUT;
@@ -34,19 +34,10 @@ fn await_ready(what: &str, unit: &str, mut ready: impl FnMut() -> Result<bool>) 
 pub struct ApisStep;
 
 impl Step<Ctx> for ApisStep {
-    fn name(&self) -> &'static str {
-        "apis"
-    }
-    fn title(&self) -> &'static str {
-        "wait for every API and the message queue"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["frontend", "messaging", "glance", "placement", "nova", "neutron", "cinder", "horizon", "swift", "octavia", "barbican"]
+    fn about(&self) -> About {
+        About { name: "apis", title: "wait for every API and the message queue", after: &["frontend", "messaging", "glance", "placement", "nova", "neutron", "cinder", "horizon", "swift", "octavia", "barbican"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        if !ctx.has_cloud()? {
-            return Ok(true);
-        }
         // The stamp makes the first pass go through apply(), which says on
         // the console what answered and when.
         Ok(ctx.stamp("apis").exists()

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use sha2::Digest as _;
 use anyhow::{Context, Result};
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use super::uwsgi::{Uwsgi, api_started, start_api};
 use super::database::{db_url, pool};
 
@@ -55,14 +55,8 @@ pub fn conf(db_url: &str, endpoints: &Endpoints, service_password: &str, kek: &s
 pub struct BarbicanStep;
 
 impl Step<Ctx> for BarbicanStep {
-    fn name(&self) -> &'static str {
-        "barbican"
-    }
-    fn title(&self) -> &'static str {
-        "configure Barbican, the key manager"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["identity"]
+    fn about(&self) -> About {
+        About { name: "barbican", title: "configure Barbican, the key manager", after: &["identity"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         api_started(ctx, &KEY_MANAGER)

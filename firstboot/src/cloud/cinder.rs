@@ -13,7 +13,7 @@ use super::{keystone, messaging, service};
 use anyhow::{Context, Result};
 use ciab_core::exec::Cmd;
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use crate::host::network::management_addresses;
 use super::rest::{expect, request};
 use super::uwsgi::{Uwsgi, api_started, install_api, launch_api};
@@ -133,17 +133,11 @@ impl CinderStep {
 }
 
 impl Step<Ctx> for CinderStep {
-    fn name(&self) -> &'static str {
-        "cinder"
-    }
-    fn title(&self) -> &'static str {
-        "configure Cinder, the block storage service"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["identity", "messaging", "storage"]
+    fn about(&self) -> About {
+        About { name: "cinder", title: "configure Cinder, the block storage service", after: &["identity", "messaging", "storage"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(api_started(ctx, &BLOCK_STORAGE)? && (!ctx.has_cloud()? || CINDER_DAEMONS.iter().all(|u| service::is_up_or_starting(u))))
+        Ok(api_started(ctx, &BLOCK_STORAGE)? && CINDER_DAEMONS.iter().all(|u| service::is_up_or_starting(u)))
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let cp = ctx.control_plane()?;

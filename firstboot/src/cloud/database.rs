@@ -7,7 +7,7 @@ use crate::model::plan::ControlPlane;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use std::time::Duration;
 use super::{keys, service};
 use super::service::write_dropin;
@@ -212,17 +212,11 @@ impl DatabaseStep {
 }
 
 impl Step<Ctx> for DatabaseStep {
-    fn name(&self) -> &'static str {
-        "database"
-    }
-    fn title(&self) -> &'static str {
-        "start MariaDB and load the schemas"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["secrets", "storage"]
+    fn about(&self) -> About {
+        About { name: "database", title: "start MariaDB and load the schemas", after: &["secrets", "storage"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!ctx.has_cloud()? || (ctx.stamp("database").exists() && service::is_active("mariadb")))
+        Ok(ctx.stamp("database").exists() && service::is_active("mariadb"))
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let cp = ctx.control_plane()?;

@@ -9,7 +9,7 @@ use super::cinder::BACKEND;
 use super::rest::{expect, request};
 use super::scs;
 use super::scs::MANDATORY_FLAVORS;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use crate::ctx::Ctx;
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -18,17 +18,11 @@ use super::identity::admin;
 pub struct FlavorsStep;
 
 impl Step<Ctx> for FlavorsStep {
-    fn name(&self) -> &'static str {
-        "flavors"
-    }
-    fn title(&self) -> &'static str {
-        "create the SCS standard flavors"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["apis"]
+    fn about(&self) -> About {
+        About { name: "flavors", title: "create the SCS standard flavors", after: &["apis"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!ctx.has_cloud()? || ctx.stamp("flavors").exists())
+        Ok(ctx.stamp("flavors").exists())
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let keystone = admin(ctx)?;
@@ -52,17 +46,11 @@ impl Step<Ctx> for FlavorsStep {
 pub struct VolumeTypesStep;
 
 impl Step<Ctx> for VolumeTypesStep {
-    fn name(&self) -> &'static str {
-        "volume-types"
-    }
-    fn title(&self) -> &'static str {
-        "create the default volume type (scs-0114)"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["apis"]
+    fn about(&self) -> About {
+        About { name: "volume-types", title: "create the default volume type (scs-0114)", after: &["apis"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!ctx.has_cloud()? || ctx.stamp("volume-types").exists())
+        Ok(ctx.stamp("volume-types").exists())
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let keystone = admin(ctx)?;
@@ -95,17 +83,11 @@ pub struct SecurityGroupsStep;
 const DEFAULT_SG_RULES: &str = "/v2.0/default-security-group-rules";
 
 impl Step<Ctx> for SecurityGroupsStep {
-    fn name(&self) -> &'static str {
-        "security-groups"
-    }
-    fn title(&self) -> &'static str {
-        "set the default security group rules (scs-0115)"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["apis"]
+    fn about(&self) -> About {
+        About { name: "security-groups", title: "set the default security group rules (scs-0115)", after: &["apis"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!ctx.has_cloud()? || ctx.stamp("security-groups").exists())
+        Ok(ctx.stamp("security-groups").exists())
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let keystone = admin(ctx)?;

@@ -13,7 +13,7 @@ use super::catalog::{Api, endpoints};
 use super::{catalog, horizon, service};
 use anyhow::Result;
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use std::time::Duration;
 use super::service::API_TIMEOUT;
 use super::pki::pki_of;
@@ -67,19 +67,13 @@ pub fn answers(api: &Api) -> bool {
 pub struct FrontendStep;
 
 impl Step<Ctx> for FrontendStep {
-    fn name(&self) -> &'static str {
-        "frontend"
-    }
-    fn title(&self) -> &'static str {
-        "serve the APIs over TLS"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["pki", "keystone"]
+    fn about(&self) -> About {
+        About { name: "frontend", title: "serve the APIs over TLS", after: &["pki", "keystone"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         let pem = pki_of(ctx).server_pem().display().to_string();
         let configured = std::fs::read_to_string(ctx.root.join(CONF)).is_ok_and(|c| c == haproxy_cfg(&pem, catalog::APIS));
-        Ok(!ctx.has_cloud()? || (configured && service::is_active("haproxy") && answers(&catalog::KEYSTONE)))
+        Ok(configured && service::is_active("haproxy") && answers(&catalog::KEYSTONE))
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let pem = pki_of(ctx).server_pem().display().to_string();

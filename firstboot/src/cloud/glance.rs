@@ -6,7 +6,7 @@ use super::ini::Ini;
 use super::{keys, keystone};
 use anyhow::Result;
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use super::uwsgi::{Uwsgi, api_started, start_api};
 use super::database::{db_url, pool};
 
@@ -37,14 +37,8 @@ pub fn conf(db_url: &str, endpoints: &Endpoints, service_password: &str, pool: (
 pub struct GlanceStep;
 
 impl Step<Ctx> for GlanceStep {
-    fn name(&self) -> &'static str {
-        "glance"
-    }
-    fn title(&self) -> &'static str {
-        "configure Glance, the image service"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["identity", "storage"]
+    fn about(&self) -> About {
+        About { name: "glance", title: "configure Glance, the image service", after: &["identity", "storage"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         api_started(ctx, &GLANCE)

@@ -8,7 +8,7 @@
 use super::catalog::GLANCE;
 use super::rest::{expect, request, upload};
 use ciab_core::contract::{BUNDLE_MOUNTPOINT, BundleGuestImage};
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use crate::ctx::Ctx;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -83,17 +83,11 @@ impl GuestImagesStep {
 }
 
 impl Step<Ctx> for GuestImagesStep {
-    fn name(&self) -> &'static str {
-        "guest-images"
-    }
-    fn title(&self) -> &'static str {
-        "register the bundle's guest images in Glance"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["apis"]
+    fn about(&self) -> About {
+        About { name: "guest-images", title: "register the bundle's guest images in Glance", after: &["apis"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!ctx.has_cloud()? || ctx.stamp("guest-images").exists())
+        Ok(ctx.stamp("guest-images").exists())
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let images = crate::host::registry::bundle_index(&ctx.root)?.map(|i| i.guest_images).unwrap_or_default();

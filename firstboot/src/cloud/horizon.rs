@@ -9,7 +9,7 @@ use super::catalog::{Endpoints, endpoints};
 use std::net::IpAddr;
 use anyhow::Result;
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use crate::host::network::management_addresses;
 use super::service;
 use super::uwsgi::Uwsgi;
@@ -92,17 +92,11 @@ pub fn unit(ini_path: &str) -> String {
 pub struct HorizonStep;
 
 impl Step<Ctx> for HorizonStep {
-    fn name(&self) -> &'static str {
-        "horizon"
-    }
-    fn title(&self) -> &'static str {
-        "configure Horizon, the dashboard"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["keystone", "messaging"]
+    fn about(&self) -> About {
+        About { name: "horizon", title: "configure Horizon, the dashboard", after: &["keystone", "messaging"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!ctx.has_cloud()? || (ctx.stamp("horizon").exists() && service::is_up_or_starting(UNIT)))
+        Ok(ctx.stamp("horizon").exists() && service::is_up_or_starting(UNIT))
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let root = ctx.root.clone();

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use super::{catalog, keystone};
 use super::catalog::{KEYSTONE, endpoints};
 use super::pki::{fingerprint, pki_of};
@@ -223,17 +223,11 @@ impl CatalogEntry {
 pub struct IdentityStep;
 
 impl Step<Ctx> for IdentityStep {
-    fn name(&self) -> &'static str {
-        "identity"
-    }
-    fn title(&self) -> &'static str {
-        "create the projects and users"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["keystone"]
+    fn about(&self) -> About {
+        About { name: "identity", title: "create the projects and users", after: &["keystone"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!ctx.has_cloud()? || (ctx.stamp("identity").exists() && ctx.root.join(CLOUDS_YAML).exists()))
+        Ok(ctx.stamp("identity").exists() && ctx.root.join(CLOUDS_YAML).exists())
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let admin_pw = ctx.secret("keystone-admin")?;

@@ -7,7 +7,7 @@ use super::ini::Ini;
 use super::catalog::{Endpoints, KEYSTONE, endpoints};
 use anyhow::{Context, Result};
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use std::time::Duration;
 use super::{database, keys, service};
 use super::uwsgi::{Uwsgi, install_uwsgi};
@@ -126,17 +126,11 @@ pub fn clouds_yaml(endpoints: &Endpoints, clouds: &[CloudEntry], ca_cert: &str) 
 pub struct KeystoneStep;
 
 impl Step<Ctx> for KeystoneStep {
-    fn name(&self) -> &'static str {
-        "keystone"
-    }
-    fn title(&self) -> &'static str {
-        "configure Keystone, the identity service"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["pki", "database"]
+    fn about(&self) -> About {
+        About { name: "keystone", title: "configure Keystone, the identity service", after: &["pki", "database"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!ctx.has_cloud()? || (ctx.stamp("keystone").exists() && service::is_active("keystone")))
+        Ok(ctx.stamp("keystone").exists() && service::is_active("keystone"))
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let root = ctx.root.clone();

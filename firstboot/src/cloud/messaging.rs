@@ -8,7 +8,7 @@ use crate::model::plan::{Memcached, Rabbitmq};
 use anyhow::{Result, bail};
 use serde_json::json;
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use std::time::Duration;
 use super::{amqp, keys, service};
 use super::amqp::Login;
@@ -115,18 +115,11 @@ pub fn memcached_conf(m: &Memcached) -> String {
 pub struct MessagingStep;
 
 impl Step<Ctx> for MessagingStep {
-    fn name(&self) -> &'static str {
-        "messaging"
-    }
-    fn title(&self) -> &'static str {
-        "start RabbitMQ and memcached"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["secrets", "network"]
+    fn about(&self) -> About {
+        About { name: "messaging", title: "start RabbitMQ and memcached", after: &["secrets", "network"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!ctx.has_cloud()?
-            || (ctx.stamp("messaging").exists() && service::is_up_or_starting("rabbitmq-server") && service::is_active("memcached")))
+        Ok(ctx.stamp("messaging").exists() && service::is_up_or_starting("rabbitmq-server") && service::is_active("memcached"))
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let root = ctx.root.clone();

@@ -14,8 +14,8 @@
 //! ovn → keystone → identity → glance → placement → nova → neutron → cinder
 //! → horizon → swift → octavia → barbican → frontend → apis, then the
 //! cloud's defaults (`neutron`'s external network, `defaults`,
-//! `guest_images`). Every cloud step is a no-op on a profile without a
-//! cloud or an image without OpenStack.
+//! `guest_images`). Every cloud step is registered wrapped in [`CloudOnly`],
+//! a no-op on a profile without a cloud or an image without OpenStack.
 
 pub mod amqp;
 pub mod apis;
@@ -45,6 +45,27 @@ pub mod scs;
 pub mod service;
 pub mod swift;
 pub mod uwsgi;
+
+use crate::ctx::Ctx;
+use crate::engine::{About, Step};
+use anyhow::Result;
+
+/// Makes a cloud service's step a no-op on a box without a cloud (a
+/// profile without one, or an image without OpenStack): its check says
+/// done, so it is never applied. The steps themselves assume a cloud.
+pub struct CloudOnly<S>(pub S);
+
+impl<S: Step<Ctx>> Step<Ctx> for CloudOnly<S> {
+    fn about(&self) -> About {
+        self.0.about()
+    }
+    fn check(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(!ctx.has_cloud()? || self.0.check(ctx)?)
+    }
+    fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        self.0.apply(ctx)
+    }
+}
 
 /// Every long-running unit of the cloud, for the memory summary at ready.
 pub fn cloud_units() -> Vec<&'static str> {

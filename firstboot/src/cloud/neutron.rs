@@ -10,7 +10,7 @@ use super::ini::Ini;
 use super::{keystone, messaging, ovn, service};
 use anyhow::{Context, Result};
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use serde_json::{Value, json};
 use std::time::Duration;
 use super::rest::{expect, request};
@@ -126,18 +126,12 @@ impl NeutronStep {
 }
 
 impl Step<Ctx> for NeutronStep {
-    fn name(&self) -> &'static str {
-        "neutron"
-    }
-    fn title(&self) -> &'static str {
-        "configure Neutron with OVN, the network service"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["identity", "messaging", "ovn"]
+    fn about(&self) -> About {
+        About { name: "neutron", title: "configure Neutron with OVN, the network service", after: &["identity", "messaging", "ovn"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         Ok(api_started(ctx, &NETWORK)?
-            && (!ctx.has_cloud()? || (CHASSIS_UNITS.iter().all(|u| service::is_active(u)) && service::is_up_or_starting(METADATA_AGENT))))
+            && CHASSIS_UNITS.iter().all(|u| service::is_active(u)) && service::is_up_or_starting(METADATA_AGENT))
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let cp = ctx.control_plane()?;
@@ -200,17 +194,11 @@ impl ExternalNetworkStep {
 }
 
 impl Step<Ctx> for ExternalNetworkStep {
-    fn name(&self) -> &'static str {
-        "external-network"
-    }
-    fn title(&self) -> &'static str {
-        "create the external network for floating IPs"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["apis"]
+    fn about(&self) -> About {
+        About { name: "external-network", title: "create the external network for floating IPs", after: &["apis"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!ctx.has_cloud()? || ctx.stamp("external-network").exists())
+        Ok(ctx.stamp("external-network").exists())
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let keystone = admin(ctx)?;

@@ -11,7 +11,7 @@ use super::{database, keys, keystone, messaging, service};
 use crate::model::plan::Nova as NovaPlan;
 use anyhow::{Context, Result};
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use crate::host::network::management_addresses;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -188,17 +188,11 @@ pub fn metadata_url() -> String {
 pub struct NovaStep;
 
 impl Step<Ctx> for NovaStep {
-    fn name(&self) -> &'static str {
-        "nova"
-    }
-    fn title(&self) -> &'static str {
-        "configure Nova, the compute service"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["placement", "messaging", "storage"]
+    fn about(&self) -> About {
+        About { name: "nova", title: "configure Nova, the compute service", after: &["placement", "messaging", "storage"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(api_started(ctx, &COMPUTE)? && (!ctx.has_cloud()? || NOVA_DAEMONS.iter().chain([&NOVA_METADATA_UNIT]).all(|u| service::is_up_or_starting(u))))
+        Ok(api_started(ctx, &COMPUTE)? && NOVA_DAEMONS.iter().chain([&NOVA_METADATA_UNIT]).all(|u| service::is_up_or_starting(u)))
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let plan = ctx.plan()?;

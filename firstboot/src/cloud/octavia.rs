@@ -10,7 +10,7 @@ use super::ini::Ini;
 use super::{keystone, messaging, ovn, service};
 use anyhow::Result;
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use super::uwsgi::{Uwsgi, api_started, install_api, launch_api};
 use super::database::{db_url, pool};
 use super::service::write_named_dropin;
@@ -71,18 +71,12 @@ const KEEP_RUNTIME_DIR: &str = "[Service]\nRuntimeDirectoryPreserve=yes\n";
 pub struct OctaviaStep;
 
 impl Step<Ctx> for OctaviaStep {
-    fn name(&self) -> &'static str {
-        "octavia"
-    }
-    fn title(&self) -> &'static str {
-        "configure Octavia, the load balancer service"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        // OVN's provider works in the northbound database Neutron fills.
-        &["identity", "messaging", "neutron"]
+    fn about(&self) -> About {
+        // After neutron: OVN's provider works in the northbound database Neutron fills.
+        About { name: "octavia", title: "configure Octavia, the load balancer service", after: &["identity", "messaging", "neutron"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(api_started(ctx, &LOAD_BALANCER)? && (!ctx.has_cloud()? || service::is_up_or_starting(DRIVER_AGENT)))
+        Ok(api_started(ctx, &LOAD_BALANCER)? && service::is_up_or_starting(DRIVER_AGENT))
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let cp = ctx.control_plane()?;

@@ -12,7 +12,7 @@
 use anyhow::{Context, Result, bail};
 use std::net::Ipv4Addr;
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use super::service;
 
 /// The OVN Northbound and Southbound databases, for Neutron and the agents.
@@ -163,17 +163,11 @@ impl Provider {
 pub struct OvnStep;
 
 impl Step<Ctx> for OvnStep {
-    fn name(&self) -> &'static str {
-        "ovn"
-    }
-    fn title(&self) -> &'static str {
-        "start Open vSwitch and OVN"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["site-config", "network"]
+    fn about(&self) -> About {
+        About { name: "ovn", title: "start Open vSwitch and OVN", after: &["site-config", "network"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!ctx.has_cloud()? || (ctx.stamp("ovn").exists() && UNITS.iter().all(|u| service::is_up_or_starting(u))))
+        Ok(ctx.stamp("ovn").exists() && UNITS.iter().all(|u| service::is_up_or_starting(u)))
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let root = &ctx.root;

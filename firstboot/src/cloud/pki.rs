@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use crate::host::network::management_addresses;
 use super::catalog::endpoints;
 
@@ -219,19 +219,10 @@ pub fn fingerprint(pem: &str) -> Result<String> {
 pub struct PkiStep;
 
 impl Step<Ctx> for PkiStep {
-    fn name(&self) -> &'static str {
-        "pki"
-    }
-    fn title(&self) -> &'static str {
-        "make the box's CA and TLS certificate"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["network"]
+    fn about(&self) -> About {
+        About { name: "pki", title: "make the box's CA and TLS certificate", after: &["network"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        if !ctx.has_cloud()? {
-            return Ok(true);
-        }
         let pki = pki_of(ctx);
         let trusted = std::fs::read_to_string(pki.ca_cert()).is_ok_and(|ca| is_trusted(&ctx.root, &ca));
         Ok(pki.is_complete(&server_names(ctx)?) && trusted)

@@ -5,7 +5,7 @@ use super::ini::Ini;
 use super::keystone;
 use anyhow::Result;
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use super::uwsgi::{Uwsgi, api_started, start_api};
 use super::database::{db_url, pool};
 
@@ -23,14 +23,8 @@ pub fn conf(db_url: &str, endpoints: &Endpoints, service_password: &str, pool: (
 pub struct PlacementStep;
 
 impl Step<Ctx> for PlacementStep {
-    fn name(&self) -> &'static str {
-        "placement"
-    }
-    fn title(&self) -> &'static str {
-        "configure Placement, the resource inventory"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["identity"]
+    fn about(&self) -> About {
+        About { name: "placement", title: "configure Placement, the resource inventory", after: &["identity"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         api_started(ctx, &PLACEMENT)

@@ -16,7 +16,7 @@ use super::ini::Ini;
 use super::{keys, keystone, messaging, service};
 use anyhow::{Result, bail};
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use super::service::{write_dropin, write_private_conf};
 use super::uwsgi::api_started;
 
@@ -149,17 +149,11 @@ fn units() -> Vec<&'static str> {
 pub struct SwiftStep;
 
 impl Step<Ctx> for SwiftStep {
-    fn name(&self) -> &'static str {
-        "swift"
-    }
-    fn title(&self) -> &'static str {
-        "configure Swift, the object storage with S3"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["identity", "messaging", "storage"]
+    fn about(&self) -> About {
+        About { name: "swift", title: "configure Swift, the object storage with S3", after: &["identity", "messaging", "storage"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(api_started(ctx, &OBJECT_STORE)? && (!ctx.has_cloud()? || units().iter().all(|u| service::is_up_or_starting(u))))
+        Ok(api_started(ctx, &OBJECT_STORE)? && units().iter().all(|u| service::is_up_or_starting(u)))
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let root = ctx.root.clone();

@@ -116,7 +116,7 @@ pub fn launch_api(ctx: &Ctx, api: &Api, ini: &Uwsgi, with: &[&str]) -> Result<()
 }
 
 pub fn api_started(ctx: &Ctx, api: &Api) -> Result<bool> {
-    Ok(!ctx.has_cloud()? || (ctx.stamp(api.name).exists() && service::is_up_or_starting(api.unit)))
+    Ok(ctx.stamp(api.name).exists() && service::is_up_or_starting(api.unit))
 }
 
 #[cfg(test)]

@@ -30,16 +30,21 @@ use anyhow::{anyhow, Context as _};
 
 use journal::{now_unix, round_ms, Journal, OverallState, StepRecord, StepState};
 
+/// What a step is, as data: the engine orders, journals and reports by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct About {
+    /// Short stable identifier, used as the journal key (e.g. `"storage"`).
+    pub name: &'static str,
+    /// Human description (e.g. `"claim the disk"`).
+    pub title: &'static str,
+    /// Names of steps that must be done before this one.
+    pub after: &'static [&'static str],
+}
+
 /// One idempotent first-boot step, generic over the caller's context `C`.
 pub trait Step<C> {
-    /// Short stable identifier, used as the journal key (e.g. `"storage"`).
-    fn name(&self) -> &'static str;
-    /// Human description (e.g. `"claim the disk"`).
-    fn title(&self) -> &'static str;
-    /// Names of steps that must be done before this one.
-    fn depends_on(&self) -> &'static [&'static str] {
-        &[]
-    }
+    /// Its name, title and the steps it comes after.
+    fn about(&self) -> About;
     /// Is the step's effect already in place?
     fn check(&self, ctx: &mut C) -> anyhow::Result<bool>;
     /// Bring the effect about. Must be idempotent: it may be re-run after a
@@ -152,7 +157,7 @@ impl<C> Engine<C> {
 
     /// Step names in execution order.
     pub fn order(&self) -> Vec<&'static str> {
-        self.steps.iter().map(|s| s.name()).collect()
+        self.steps.iter().map(|s| s.about().name).collect()
     }
 
     /// Run (or resume, or retry) first boot. Returns `Ok(RunOutcome::Failed)`
@@ -179,8 +184,8 @@ impl<C> Engine<C> {
         for i in 0..total {
             let index = i + 1;
             let info = StepInfo {
-                name: self.steps[i].name(),
-                title: self.steps[i].title(),
+                name: self.steps[i].about().name,
+                title: self.steps[i].about().title,
             };
             if journal.steps[i].state == StepState::Done {
                 reporter.on_step_skipped(index, total, &info);
@@ -219,9 +224,9 @@ impl<C> Engine<C> {
             .collect();
         for step in &self.steps {
             let mut rec = old
-                .remove(step.name())
-                .unwrap_or_else(|| StepRecord::new(step.name(), step.title()));
-            rec.title = step.title().to_string();
+                .remove(step.about().name)
+                .unwrap_or_else(|| StepRecord::new(step.about().name, step.about().title));
+            rec.title = step.about().title.to_string();
             match rec.state {
                 StepState::Failed => {
                     notes.push(format!(
@@ -366,8 +371,8 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Resu
 fn topo_order<C>(steps: &[Box<dyn Step<C>>]) -> Result<Vec<usize>, EngineError> {
     let mut index: HashMap<&'static str, usize> = HashMap::new();
     for (i, s) in steps.iter().enumerate() {
-        if index.insert(s.name(), i).is_some() {
-            return Err(EngineError::DuplicateStep(s.name().to_string()));
+        if index.insert(s.about().name, i).is_some() {
+            return Err(EngineError::DuplicateStep(s.about().name.to_string()));
         }
     }
     // deps[i] = distinct indices step i depends on.
@@ -375,11 +380,11 @@ fn topo_order<C>(steps: &[Box<dyn Step<C>>]) -> Result<Vec<usize>, EngineError> 
     for s in steps {
         let mut seen = HashSet::new();
         let mut d = Vec::new();
-        for dep in s.depends_on() {
+        for dep in s.about().after {
             let &j = index
                 .get(dep)
                 .ok_or_else(|| EngineError::UnknownDependency {
-                    step: s.name().to_string(),
+                    step: s.about().name.to_string(),
                     dependency: dep.to_string(),
                 })?;
             if seen.insert(j) {
@@ -425,7 +430,7 @@ fn find_cycle<C>(steps: &[Box<dyn Step<C>>], deps: &[Vec<usize>], emitted: &[boo
             }
             let first = cycle[0];
             cycle.push(first);
-            return cycle.iter().map(|&k| steps[k].name().to_string()).collect();
+            return cycle.iter().map(|&k| steps[k].about().name.to_string()).collect();
         }
         pos.insert(next, path.len());
         path.push(next);
@@ -461,14 +466,8 @@ mod tests {
     }
 
     impl Step<TestCtx> for TestStep {
-        fn name(&self) -> &'static str {
-            self.name
-        }
-        fn title(&self) -> &'static str {
-            "a test step"
-        }
-        fn depends_on(&self) -> &'static [&'static str] {
-            self.deps
+        fn about(&self) -> About {
+            About { name: self.name, title: "a test step", after: self.deps }
         }
         fn check(&self, ctx: &mut TestCtx) -> anyhow::Result<bool> {
             ctx.calls.push(format!("check:{}", self.name));
@@ -804,11 +803,8 @@ mod tests {
     fn failing_check_is_an_attempt_error_with_context() {
         struct BadCheck;
         impl Step<TestCtx> for BadCheck {
-            fn name(&self) -> &'static str {
-                "bad"
-            }
-            fn title(&self) -> &'static str {
-                "bad check"
+            fn about(&self) -> About {
+                About { name: "bad", title: "bad check", after: &[] }
             }
             fn check(&self, _: &mut TestCtx) -> anyhow::Result<bool> {
                 Err(anyhow!("cannot stat /srv"))
@@ -901,14 +897,8 @@ mod tests {
     /// A step that kills its own process in the middle of apply().
     struct DiesMidApply;
     impl Step<TestCtx> for DiesMidApply {
-        fn name(&self) -> &'static str {
-            "b"
-        }
-        fn title(&self) -> &'static str {
-            "a test step"
-        }
-        fn depends_on(&self) -> &'static [&'static str] {
-            &["a"]
+        fn about(&self) -> About {
+            About { name: "b", title: "a test step", after: &["a"] }
         }
         fn check(&self, _: &mut TestCtx) -> anyhow::Result<bool> {
             Ok(false)

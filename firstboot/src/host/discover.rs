@@ -2,7 +2,7 @@
 //! disks, network interfaces), kept for the later steps.
 
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use crate::model::hardware::discover;
 use anyhow::Result;
 
@@ -10,11 +10,8 @@ use anyhow::Result;
 pub struct DiscoverStep;
 
 impl Step<Ctx> for DiscoverStep {
-    fn name(&self) -> &'static str {
-        "discover"
-    }
-    fn title(&self) -> &'static str {
-        "discover the hardware"
+    fn about(&self) -> About {
+        About { name: "discover", title: "discover the hardware", after: &[] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         ctx.hw = ctx.load("hardware.json");

@@ -6,7 +6,7 @@ use crate::model::site::{NetworkMode, SiteConfig};
 use anyhow::{Context, Result};
 use std::path::Path;
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use anyhow::bail;
 
 /// The networkd file first boot owns.
@@ -96,14 +96,8 @@ pub fn management_addresses(ctx: &Ctx) -> Result<Vec<std::net::IpAddr>> {
 }
 
 impl Step<Ctx> for NetworkStep {
-    fn name(&self) -> &'static str {
-        "network"
-    }
-    fn title(&self) -> &'static str {
-        "configure the management network"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["site-config"]
+    fn about(&self) -> About {
+        About { name: "network", title: "configure the management network", after: &["site-config"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         let nic = nic(ctx)?;

@@ -2,7 +2,7 @@
 //! (or the one the site asks for) and the disk the image is on.
 
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use crate::model::plan::{plan, Profile};
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -35,14 +35,8 @@ pub fn image_bytes(disk: &str) -> Result<u64> {
 pub struct PlanStep;
 
 impl Step<Ctx> for PlanStep {
-    fn name(&self) -> &'static str {
-        "plan"
-    }
-    fn title(&self) -> &'static str {
-        "size the cloud to the box"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["discover", "site-config"]
+    fn about(&self) -> About {
+        About { name: "plan", title: "size the cloud to the box", after: &["discover", "site-config"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         ctx.plan = ctx.load("plan.json");

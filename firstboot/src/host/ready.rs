@@ -3,7 +3,7 @@
 //! whose existence means first boot is over.
 
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use anyhow::Result;
 
 /// Completion stamp: its existence means first boot is over.
@@ -21,14 +21,8 @@ pub fn memory_in_use(meminfo: &str) -> Option<(u64, u64)> {
 pub struct ReadyStep;
 
 impl Step<Ctx> for ReadyStep {
-    fn name(&self) -> &'static str {
-        "ready"
-    }
-    fn title(&self) -> &'static str {
-        "finish"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["secrets", "storage", "network", "system", "registry", "identity", "apis", "external-network", "flavors", "volume-types", "security-groups", "guest-images"]
+    fn about(&self) -> About {
+        About { name: "ready", title: "finish", after: &["secrets", "storage", "network", "system", "registry", "identity", "apis", "external-network", "flavors", "volume-types", "security-groups", "guest-images"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         Ok(ctx.state_dir.join(DONE_STAMP).exists())
@@ -42,7 +36,7 @@ impl Step<Ctx> for ReadyStep {
             let ip = a.split('/').next().unwrap_or(a);
             println!("ciab-firstboot: summary: status page http://{ip}:8080/");
         }
-        if ctx.plan()?.profile.has_cloud() && ctx.root.join(crate::cloud::database::SCHEMAS_DIR).is_dir() {
+        if ctx.has_cloud()? {
             let e = crate::cloud::catalog::endpoints(ctx)?;
             println!("ciab-firstboot: summary: cloud {} (credentials in /root/.config/openstack/clouds.yaml)", e.public("identity"));
             for a in &addrs {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 
 /// Where the registry listens.
 pub const ADDR: &str = ciab_core::contract::REGISTRY_ADDR;
@@ -75,11 +75,8 @@ pub struct RegistryStep;
 const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
 
 impl Step<Ctx> for RegistryStep {
-    fn name(&self) -> &'static str {
-        "registry"
-    }
-    fn title(&self) -> &'static str {
-        "serve the offline registry"
+    fn about(&self) -> About {
+        About { name: "registry", title: "serve the offline registry", after: &[] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         Ok(match bundle_index(&ctx.root)? {

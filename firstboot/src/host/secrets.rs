@@ -2,7 +2,7 @@
 //! once on this box and kept root-only.
 
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use crate::model::plan::Profile;
 use crate::model::secrets::{complete, ensure};
 use anyhow::Result;
@@ -26,14 +26,8 @@ pub fn secret_names(profile: Profile) -> Vec<&'static str> {
 pub struct SecretsStep;
 
 impl Step<Ctx> for SecretsStep {
-    fn name(&self) -> &'static str {
-        "secrets"
-    }
-    fn title(&self) -> &'static str {
-        "generate this box's secrets"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["plan"]
+    fn about(&self) -> About {
+        About { name: "secrets", title: "generate this box's secrets", after: &["plan"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         Ok(complete(&ctx.state_dir.join("secrets"), &secret_names(ctx.plan()?.profile)))

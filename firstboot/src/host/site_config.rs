@@ -3,7 +3,7 @@
 //! against the hardware.
 
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use crate::model::site_source::{find, Found};
 use anyhow::Result;
 
@@ -11,14 +11,8 @@ use anyhow::Result;
 pub struct SiteConfigStep;
 
 impl Step<Ctx> for SiteConfigStep {
-    fn name(&self) -> &'static str {
-        "site-config"
-    }
-    fn title(&self) -> &'static str {
-        "read the site configuration"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["discover"]
+    fn about(&self) -> About {
+        About { name: "site-config", title: "read the site configuration", after: &["discover"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         let Some(found) = ctx.load::<Found>("site-source.json") else { return Ok(false) };

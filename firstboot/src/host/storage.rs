@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use crate::model::plan::Plan;
 
 /// GPT name of the partition first boot creates.
@@ -240,14 +240,8 @@ pub fn volumes(plan: &Plan) -> Vec<Volume> {
 pub struct StorageStep;
 
 impl Step<Ctx> for StorageStep {
-    fn name(&self) -> &'static str {
-        "storage"
-    }
-    fn title(&self) -> &'static str {
-        "claim the disk"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["plan"]
+    fn about(&self) -> About {
+        About { name: "storage", title: "claim the disk", after: &["plan"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         let plan = ctx.plan()?;

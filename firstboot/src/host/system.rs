@@ -2,7 +2,7 @@
 //! locale, written into the box (root's `authorized_keys`, the time zone).
 
 use crate::ctx::Ctx;
-use crate::engine::Step;
+use crate::engine::{About, Step};
 use crate::model::site::SiteConfig;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -32,14 +32,8 @@ impl SystemStep {
 }
 
 impl Step<Ctx> for SystemStep {
-    fn name(&self) -> &'static str {
-        "system"
-    }
-    fn title(&self) -> &'static str {
-        "apply SSH keys and time zone"
-    }
-    fn depends_on(&self) -> &'static [&'static str] {
-        &["site-config"]
+    fn about(&self) -> About {
+        About { name: "system", title: "apply SSH keys and time zone", after: &["site-config"] }
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         let site = ctx.site()?;
