@@ -267,6 +267,54 @@ fn render_error_html(error: &str) -> String {
 
 // ---------------------------------------------------------------------------
 // HTTP server
+//
+// ## Why a hand-written server here (issue 20)
+// Anyone on the management network can reach the page, it runs as root, and it
+// must never hang or crash first boot. What it guarantees (tests below pin each
+// one unless marked untested):
+// - a request head of at most `MAX_HEAD` (8 KiB), else 431: memory per
+//   connection is bounded;
+// - one deadline for the whole head (`io_timeout`, 5 s), not one per read,
+//   else 408: a client trickling bytes cannot hold a connection longer;
+//   writes time out too;
+// - at most `max_connections` (16) served at once; the rest get an immediate
+//   503, written and drained without ever blocking the accept loop;
+// - one request per connection (`Connection: close`): idle browser connections
+//   do not keep slots;
+// - a lingering close, so that an unread request body does not turn into a
+//   reset that destroys the answer in flight (untested);
+// - accept errors such as EMFILE back off and retry, never end the loop
+//   (untested);
+// - GET and HEAD only (else 405 with `Allow`), HTTP/1.x only (else 400); exact
+//   routes `/`, `/index.html`, `/status.json`, `/ca.crt`, anything else 404: no
+//   part of the request reaches the file system, so no traversal; HEAD sends
+//   GET's headers without the body; every answer has Content-Type,
+//   Content-Length, `Cache-Control: no-store`;
+// - binds where the caller says (`0.0.0.0:8080` on the box) and reports the
+//   bound port; dropping the handle closes the listener, shuts down every open
+//   connection (slow clients included) and joins every thread, promptly.
+//
+// tiny_http 0.12.0 (its latest release, from 2022; 4 more crates) was checked
+// against this list, by its source and a probe. It would take over head
+// parsing, response formatting and HEAD, about 100 of the ~400 lines here, but
+// it owns the accept loop and the accepted sockets and gives no hook for the
+// rest:
+// - no head limit: a header line is read into an unbounded Vec (the probe sent
+//   64 MiB and got no answer);
+// - no timeouts. The only way to put one on sockets it accepts is SO_RCVTIMEO
+//   on the listener (Linux copies it on accept), but then accept() itself
+//   fails with EAGAIN, and tiny_http's accept thread exits for good on any
+//   accept error: the probe's server refused connections 0.8 s after it
+//   started. The same exit makes EMFILE end the page for the rest of boot;
+// - no connection cap: one thread per connection with no maximum (its issue
+//   221); 200 idle clients made ~150 threads that were still there 6 s later;
+// - keep-alive without an idle timeout, no lingering close, and dropping its
+//   `Server` neither closes open connections nor joins their threads.
+// rouille is built on tiny_http; astra needs hyper and tokio; touche (0.0.x)
+// also stops on the first accept error, queues excess connections instead of
+// answering them, and cannot be stopped. A crate would add dependencies and
+// remove only the parsing, which is the small and tested part; the part that
+// carries the risk would stay hand-written either way.
 
 /// Limits of the status server.
 #[derive(Debug, Clone)]
