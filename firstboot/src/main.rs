@@ -45,10 +45,11 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    ciab_firstboot::engine::report::console_notes();
     match dispatch(&cli) {
         Ok(code) => std::process::exit(code),
         Err(err) => {
-            eprintln!("ciab-firstboot: error: {err:#}");
+            tracing::error!("error: {err:#}");
             std::process::exit(1);
         }
     }
@@ -73,7 +74,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
         }
         Command::ServeStatus { port } => {
             let server = StatusServer::start(("0.0.0.0", *port), journal_path(&cli.state_dir)).with_context(|| format!("listening on port {port}"))?;
-            eprintln!("ciab-firstboot: status page on {}", server.local_addr());
+            tracing::info!("status page on {}", server.local_addr());
             loop {
                 std::thread::park();
             }
@@ -100,14 +101,16 @@ fn run(state_dir: &Path) -> Result<i32> {
     match engine.run(&mut ctx, &mut reporter)? {
         RunOutcome::Done => {
             if let Some(rss) = peak_rss_kib() {
-                println!("ciab-firstboot: peak memory {} KiB", rss);
+                tracing::info!("peak memory {} KiB", rss);
             }
+            // The contract's marker, verbatim: the installer's and the
+            // tests' waits match this exact line.
             println!("{}", contract::READY_LINE);
             Ok(0)
         }
         RunOutcome::Failed { step, error } => {
-            println!("ciab-firstboot: FAILED at step {step}: {error}");
-            println!("ciab-firstboot: fix the cause, then run `ciab-firstboot retry` or reboot");
+            tracing::info!("FAILED at step {step}: {error}");
+            tracing::info!("fix the cause, then run `ciab-firstboot retry` or reboot");
             Ok(1)
         }
     }

@@ -57,23 +57,23 @@ impl Step<Ctx> for ApisStep {
             // failure says which side is broken.
             service::wait_http(&format!("{}{}", api.internal_url(), api.probe), None, api.unit, API_TIMEOUT)?;
             service::wait_http(&local_url(api), None, "haproxy", Duration::from_secs(60))?;
-            println!("ciab-firstboot: apis: {} answers through the front end ({:.0} s)", api.kind, started.elapsed().as_secs_f64());
+            tracing::info!("apis: {} answers through the front end ({:.0} s)", api.kind, started.elapsed().as_secs_f64());
         }
         // Horizon's login page must render (200), not merely answer: a
         // settings mistake shows as Django's 400 or 500.
         await_ready("Horizon's login page does not answer 200 through the front end (its log: /var/log/horizon/horizon.log)", horizon::UNIT, || Ok(horizon_answers()))?;
-        println!("ciab-firstboot: apis: Horizon's login page answers through the front end ({:.0} s)", started.elapsed().as_secs_f64());
+        tracing::info!("apis: Horizon's login page answers through the front end ({:.0} s)", started.elapsed().as_secs_f64());
         // Load balancers stay PENDING without the provider's agent.
         await_ready("octavia-driver-agent is not running", super::octavia::DRIVER_AGENT, || Ok(service::is_active(super::octavia::DRIVER_AGENT)))?;
-        println!("ciab-firstboot: apis: octavia-driver-agent running (OVN provider) ({:.0} s)", started.elapsed().as_secs_f64());
+        tracing::info!("apis: octavia-driver-agent running (OVN provider) ({:.0} s)", started.elapsed().as_secs_f64());
         await_ready("Nova's services are not all up", "nova-compute", || compute_ready(ctx))?;
-        println!("ciab-firstboot: apis: nova-conductor, nova-scheduler and nova-compute up, the hypervisor mapped ({:.0} s)", started.elapsed().as_secs_f64());
+        tracing::info!("apis: nova-conductor, nova-scheduler and nova-compute up, the hypervisor mapped ({:.0} s)", started.elapsed().as_secs_f64());
         service::wait_http(&metadata_url(), None, NOVA_METADATA_UNIT, API_TIMEOUT)?;
-        println!("ciab-firstboot: apis: Nova's metadata API answers on {} for the OVN metadata agent ({:.0} s)", metadata_url(), started.elapsed().as_secs_f64());
+        tracing::info!("apis: Nova's metadata API answers on {} for the OVN metadata agent ({:.0} s)", metadata_url(), started.elapsed().as_secs_f64());
         await_ready("the network agents are not all alive", "ovn-controller", || admin_token(ctx).and_then(|t| super::neutron::network_ready(&t)))?;
-        println!("ciab-firstboot: apis: network agents alive: {} ({:.0} s)", super::neutron::REQUIRED_AGENTS.join(", "), started.elapsed().as_secs_f64());
+        tracing::info!("apis: network agents alive: {} ({:.0} s)", super::neutron::REQUIRED_AGENTS.join(", "), started.elapsed().as_secs_f64());
         await_ready("Cinder's services are not all up", "cinder-volume", || admin(ctx).and_then(|k| super::cinder::volume_ready(k.token(), k.project_id())))?;
-        println!("ciab-firstboot: apis: {} up ({:.0} s)", super::cinder::CINDER_DAEMONS.join(", "), started.elapsed().as_secs_f64());
+        tracing::info!("apis: {} up ({:.0} s)", super::cinder::CINDER_DAEMONS.join(", "), started.elapsed().as_secs_f64());
         let password = ctx.secret(messaging::RABBIT_SECRET)?;
         let deadline = Instant::now() + API_TIMEOUT;
         loop {
@@ -85,7 +85,7 @@ impl Step<Ctx> for ApisStep {
                 Err(_) => std::thread::sleep(Duration::from_secs(1)),
             }
         }
-        println!("ciab-firstboot: apis: RabbitMQ takes the services' login and refuses guest ({:.0} s)", started.elapsed().as_secs_f64());
+        tracing::info!("apis: RabbitMQ takes the services' login and refuses guest ({:.0} s)", started.elapsed().as_secs_f64());
         ctx.set_stamp("apis")
     }
 }

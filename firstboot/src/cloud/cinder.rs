@@ -175,8 +175,8 @@ impl Step<Ctx> for CinderStep {
         laps.mark("tgt and iscsid");
         launch_api(ctx, &BLOCK_STORAGE, &ini, CINDER_DAEMONS)?;
         laps.mark("starting the API and daemons");
-        println!("ciab-firstboot: cinder: thin pool {lv}, tgt and iscsid up; {} starting", CINDER_DAEMONS.join(", "));
-        println!("ciab-firstboot: cinder: took {}", laps.summary());
+        tracing::info!("cinder: thin pool {lv}, tgt and iscsid up; {} starting", CINDER_DAEMONS.join(", "));
+        tracing::info!("cinder: took {}", laps.summary());
         Ok(())
     }
 }

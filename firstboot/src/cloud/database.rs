@@ -156,7 +156,7 @@ pub fn load_schemas(mut loads: Vec<Load>, parallel: usize) -> Result<()> {
                             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                         }
                         ciab_core::atomic::write_atomic(&load.stamp, b"")?;
-                        println!("ciab-firstboot: database: {} loaded in {:.1} s", load.database, t0.elapsed().as_secs_f64());
+                        tracing::info!("database: {} loaded in {:.1} s", load.database, t0.elapsed().as_secs_f64());
                     }
                     Ok(())
                 })
@@ -245,7 +245,7 @@ impl Step<Ctx> for DatabaseStep {
         }
         run_sql(&ctx.state_dir, None, &accounts_sql(|n| ctx.secret(n))?)?;
         ctx.set_stamp("database")?;
-        println!("ciab-firstboot: database: {loaded} database(s) loaded, {} service accounts", ACCOUNTS.len());
+        tracing::info!("database: {loaded} database(s) loaded, {} service accounts", ACCOUNTS.len());
         Ok(())
     }
 }

@@ -38,7 +38,7 @@ impl Step<Ctx> for FlavorsStep {
             let specs = json!({"extra_specs": f.extra_specs()});
             expect(request(COMPUTE.bind, "POST", &format!("/v2.1/flavors/{}/os-extra_specs", f.name), token, Some(&specs))?, &format!("setting the extra specs of {}", f.name), &[200])?;
         }
-        println!("ciab-firstboot: flavors: the {} mandatory flavors of scs-0103 ({created} created), with their scs: extra specs", MANDATORY_FLAVORS.len());
+        tracing::info!("flavors: the {} mandatory flavors of scs-0103 ({created} created), with their scs: extra specs", MANDATORY_FLAVORS.len());
         ctx.set_stamp("flavors")
     }
 }
@@ -73,7 +73,7 @@ impl Step<Ctx> for VolumeTypesStep {
         // Pinned to the one backend, so the scheduler never looks elsewhere.
         let specs = json!({"extra_specs": {"volume_backend_name": BACKEND}});
         expect(request(BLOCK_STORAGE.bind, "POST", &format!("{types}/{id}/extra_specs"), token, Some(&specs))?, "setting the volume type's backend", &[200])?;
-        println!("ciab-firstboot: volume-types: {} (default; backend {BACKEND}): {:?}", scs::DEFAULT_VOLUME_TYPE, scs::DEFAULT_VOLUME_TYPE_DESCRIPTION);
+        tracing::info!("volume-types: {} (default; backend {BACKEND}): {:?}", scs::DEFAULT_VOLUME_TYPE, scs::DEFAULT_VOLUME_TYPE_DESCRIPTION);
         ctx.set_stamp("volume-types")
     }
 }
@@ -99,7 +99,7 @@ impl Step<Ctx> for SecurityGroupsStep {
             if let Some(why) = scs::sg_rule_violation(rule) {
                 let id = rule["id"].as_str().context("a default security group rule without an id")?;
                 expect(request(NETWORK.bind, "DELETE", &format!("{DEFAULT_SG_RULES}/{id}"), token, None)?, &format!("removing the default security group rule {id}"), &[204, 404])?;
-                println!("ciab-firstboot: security-groups: removed: {why}");
+                tracing::info!("security-groups: removed: {why}");
                 removed += 1;
             }
         }
@@ -111,7 +111,7 @@ impl Step<Ctx> for SecurityGroupsStep {
                 added += 1;
             }
         }
-        println!("ciab-firstboot: security-groups: new groups allow all egress (IPv4, IPv6) and ingress only from the group itself, in default groups only ({removed} removed, {added} added)");
+        tracing::info!("security-groups: new groups allow all egress (IPv4, IPv6) and ingress only from the group itself, in default groups only ({removed} removed, {added} added)");
         ctx.set_stamp("security-groups")
     }
 }

@@ -86,7 +86,7 @@ impl Step<Ctx> for FrontendStep {
         service::wait_http(&format!("{}{}", catalog::KEYSTONE.internal_url(), catalog::KEYSTONE.probe), None, catalog::KEYSTONE.unit, API_TIMEOUT)?;
         service::wait_http(&local_url(&catalog::KEYSTONE), None, "haproxy", Duration::from_secs(60))?;
         let e = endpoints(ctx)?;
-        println!("ciab-firstboot: frontend: identity API on {}", catalog::KEYSTONE.public_url(&e));
+        tracing::info!("frontend: identity API on {}", catalog::KEYSTONE.public_url(&e));
         Ok(())
     }
 }

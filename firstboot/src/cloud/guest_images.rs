@@ -96,7 +96,7 @@ impl Step<Ctx> for GuestImagesStep {
             let bundle = ctx.root.join(BUNDLE_MOUNTPOINT.trim_start_matches('/'));
             for image in &images {
                 let id = Self::register(keystone.token(), &bundle, image)?;
-                println!("ciab-firstboot: guest-images: {} ({} KiB, {}) active in Glance as {id}", image.name, image.size / 1024, image.disk_format);
+                tracing::info!("guest-images: {} ({} KiB, {}) active in Glance as {id}", image.name, image.size / 1024, image.disk_format);
             }
         }
         ctx.set_stamp("guest-images")

@@ -122,7 +122,7 @@ impl Step<Ctx> for HorizonStep {
         ciab_core::atomic::write_atomic(&root.join(&ini_path), ini.ini().as_bytes())?;
         ciab_core::atomic::write_atomic(&root.join(format!("etc/systemd/system/{}.service", UNIT)), unit(&format!("/{ini_path}")).as_bytes())?;
         service::start_in_background(&[UNIT])?;
-        println!("ciab-firstboot: horizon: starting on {}, served at {} through the front end", BIND, WEBROOT);
+        tracing::info!("horizon: starting on {}, served at {} through the front end", BIND, WEBROOT);
         ctx.set_stamp("horizon")
     }
 }

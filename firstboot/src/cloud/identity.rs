@@ -290,8 +290,8 @@ impl Step<Ctx> for IdentityStep {
             credentials: format!("/{CLOUDS_YAML} on the box (root only): clouds admin and {MEMBER_PROJECT}"),
         };
         ciab_core::atomic::write_atomic(&ctx.state_dir.join(CLOUD_SUMMARY), &serde_json::to_vec_pretty(&summary)?)?;
-        println!("ciab-firstboot: identity: projects {SERVICE_PROJECT} and {MEMBER_PROJECT}, user {MEMBER_USER} (member); credentials in /{CLOUDS_YAML}");
-        println!("ciab-firstboot: identity: catalog: {}", registered.join(", "));
+        tracing::info!("identity: projects {SERVICE_PROJECT} and {MEMBER_PROJECT}, user {MEMBER_USER} (member); credentials in /{CLOUDS_YAML}");
+        tracing::info!("identity: catalog: {}", registered.join(", "));
         ctx.set_stamp("identity")
     }
 }

@@ -164,9 +164,9 @@ impl Step<Ctx> for KeystoneStep {
             .run()
             // keystone-manage reports to its log file, not to stderr.
             .with_context(|| format!("keystone-manage bootstrap\n{}", service::file_tail(&root.join("var/log/keystone/keystone-manage.log"), 12)))?;
-        println!("ciab-firstboot: keystone: bootstrap done in {:.0} s", t0.elapsed().as_secs_f64());
+        tracing::info!("keystone: bootstrap done in {:.0} s", t0.elapsed().as_secs_f64());
         service::wait_http(&format!("{}{}", KEYSTONE.internal_url(), KEYSTONE.probe), None, KEYSTONE.unit, API_TIMEOUT)?;
-        println!("ciab-firstboot: keystone: API answers, {:.0} s after its start", started.elapsed().as_secs_f64());
+        tracing::info!("keystone: API answers, {:.0} s after its start", started.elapsed().as_secs_f64());
         ctx.set_stamp("keystone")
     }
 }

@@ -143,7 +143,7 @@ impl Step<Ctx> for MessagingStep {
         service::start(&["memcached"], true)?;
         service::start(&["epmd.socket", "epmd.service"], false)?;
         service::start_in_background(&["rabbitmq-server"])?;
-        println!("ciab-firstboot: messaging: memcached up on {}; RabbitMQ starting on {} (user {})", MEMCACHED, AMQP, RABBIT_USER);
+        tracing::info!("messaging: memcached up on {}; RabbitMQ starting on {} (user {})", MEMCACHED, AMQP, RABBIT_USER);
         ctx.set_stamp("messaging")
     }
 }

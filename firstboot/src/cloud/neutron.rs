@@ -152,7 +152,7 @@ impl Step<Ctx> for NeutronStep {
         write_dropin(&ctx.root, &format!("{METADATA_AGENT}.service"), &metadata_agent_dropin())?;
         let ini = Uwsgi { app_per_worker: true, ..Uwsgi::api("neutron-api", NETWORK.bind, "/usr/bin/neutron-api", "neutron", cp.workers.neutron_server) };
         install_api(ctx, &NETWORK, &ini, (CONF, conf.render()), &[])?;
-        println!("ciab-firstboot: neutron: OVN chassis up (gateway, {} on {}); metadata agent starting", ovn::PHYSNET, ovn::PROVIDER_BRIDGE);
+        tracing::info!("neutron: OVN chassis up (gateway, {} on {}); metadata agent starting", ovn::PHYSNET, ovn::PROVIDER_BRIDGE);
         launch_api(ctx, &NETWORK, &ini, &[METADATA_AGENT])
     }
 }
@@ -239,7 +239,7 @@ impl Step<Ctx> for ExternalNetworkStep {
                 "creating the external subnet",
             )?;
         }
-        println!("ciab-firstboot: external-network: {EXTERNAL_NETWORK} ({cidr}, flat on {}) for routers and floating IPs", ovn::PHYSNET);
+        tracing::info!("external-network: {EXTERNAL_NETWORK} ({cidr}, flat on {}) for routers and floating IPs", ovn::PHYSNET);
         ctx.set_stamp("external-network")
     }
 }

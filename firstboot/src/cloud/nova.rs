@@ -149,7 +149,7 @@ fn probe_kvm(root: &Path) -> bool {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         if let Some(module) = kvm_module(&cpuinfo) {
             if let Err(e) = ciab_core::exec::Cmd::new("modprobe").package("kmod").arg(module).run() {
-                println!("ciab-firstboot: nova: modprobe {module}: {e:#}");
+                tracing::info!("nova: modprobe {module}: {e:#}");
             }
             let until = Instant::now() + Duration::from_secs(20);
             while !dev.exists() && Instant::now() < until {
@@ -254,8 +254,8 @@ impl Step<Ctx> for NovaStep {
         laps.mark("libvirt");
         service::start_in_background(&units)?;
         laps.mark("starting Nova");
-        println!("ciab-firstboot: nova: {} starting; libvirt virt_type={virt_type}", units.join(", "));
-        println!("ciab-firstboot: nova: took {}", laps.summary());
+        tracing::info!("nova: {} starting; libvirt virt_type={virt_type}", units.join(", "));
+        tracing::info!("nova: took {}", laps.summary());
         ctx.set_stamp(COMPUTE.name)
     }
 }

@@ -182,7 +182,7 @@ impl Step<Ctx> for OvnStep {
         ciab_core::atomic::write_atomic(&root.join(FORWARDING_SYSCTL), forwarding_sysctl().as_bytes())?;
         std::fs::write(root.join("proc/sys/net/ipv4/ip_forward"), "1\n").context("enabling IPv4 forwarding")?;
         service::start_in_background(UNITS)?;
-        println!("ciab-firstboot: ovn: Open vSwitch, the OVN databases, ovn-northd and ovn-controller starting");
+        tracing::info!("ovn: Open vSwitch, the OVN databases, ovn-northd and ovn-controller starting");
         ctx.set_stamp("ovn")
     }
 }

@@ -233,9 +233,9 @@ impl Step<Ctx> for PkiStep {
         let created = pki.ensure(&ctx.site()?.hostname, &names)?;
         let ca = std::fs::read_to_string(pki.ca_cert())?;
         trust(&ctx.root, &ca)?;
-        println!("ciab-firstboot: pki: CA {} (SHA-256 {})", if created { "created" } else { "kept" }, fingerprint(&ca)?);
-        println!(
-            "ciab-firstboot: pki: server certificate for {}",
+        tracing::info!("pki: CA {} (SHA-256 {})", if created { "created" } else { "kept" }, fingerprint(&ca)?);
+        tracing::info!(
+            "pki: server certificate for {}",
             names.dns.iter().cloned().chain(names.ips.iter().map(|i| i.to_string())).collect::<Vec<_>>().join(", ")
         );
         Ok(())

@@ -42,7 +42,7 @@ pub fn enable(units: &[&str]) -> Result<()> {
     // Under TCG with the cloud starting beside it a reload alone takes
     // 13–17 s: a slow one is worth a line on the console.
     if laps.total() > SLOW_ENABLE {
-        println!("ciab-firstboot: systemd: enabling {} took {}", units.join(", "), laps.summary());
+        tracing::info!("systemd: enabling {} took {}", units.join(", "), laps.summary());
     }
     Ok(())
 }

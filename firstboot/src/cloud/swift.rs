@@ -177,7 +177,7 @@ impl Step<Ctx> for SwiftStep {
         write_private_conf(&root, PROXY_CONF, &proxy.render(), "swift")?;
         let units = units();
         service::start_in_background(&units)?;
-        println!("ciab-firstboot: swift: {} starting; device {} (one replica), S3 at the front end's root", units.join(", "), DEVICE_PATH);
+        tracing::info!("swift: {} starting; device {} (one replica), S3 at the front end's root", units.join(", "), DEVICE_PATH);
         ctx.set_stamp(OBJECT_STORE.name)
     }
 }

@@ -111,7 +111,7 @@ pub fn launch_api(ctx: &Ctx, api: &Api, ini: &Uwsgi, with: &[&str]) -> Result<()
     let mut units = vec![api.unit];
     units.extend_from_slice(with);
     service::start_in_background(&units)?;
-    println!("ciab-firstboot: {}: {} starting on {} ({} process(es))", api.name, api.unit, api.bind, ini.processes);
+    tracing::info!("{}: {} starting on {} ({} process(es))", api.name, api.unit, api.bind, ini.processes);
     ctx.set_stamp(api.name)
 }
 

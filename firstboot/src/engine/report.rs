@@ -2,10 +2,19 @@
 //! (a step started, ended, was skipped or retried, a warning, the run's end),
 //! the [`Reporter`] that receives them, and the console's reporter. The
 //! status page's and systemd's reporters live in `crate::status`.
+//!
+//! What a step has to say beyond those events (what it found, made or
+//! waited for) it says with `tracing::info!`; [`console_notes`] prints that
+//! on the console as `ciab-firstboot: <message>`, warnings and errors on
+//! stderr. That is the one path: no step prints by itself.
 
 use std::fmt;
 use std::io::{self, Write};
 use std::time::Duration;
+use tracing::Subscriber;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
 
 /// What reporters are told about a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,5 +226,87 @@ impl<W: Write> Reporter for ConsoleReporter<W> {
                 "ciab: first boot FAILED at step {step}; fix the cause and run `ciab-firstboot retry`"
             )),
         }
+    }
+}
+
+/// Formats a step's note as the console has always shown it:
+/// `ciab-firstboot: <message>`, one line, no time or level (the journal and
+/// the serial console add their own).
+struct ConsoleLine;
+
+impl<S, N> FormatEvent<S, N> for ConsoleLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &tracing::Event<'_>) -> fmt::Result {
+        write!(writer, "ciab-firstboot: ")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// The subscriber that prints the steps' notes (`info` and above) on
+/// `out`, and warnings and errors on `err`.
+pub fn console_notes_to<O, E>(out: O, err: E) -> impl Subscriber + Send + Sync
+where
+    O: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    E: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    tracing_subscriber::fmt()
+        // Plain text: consoles and the journal show escape codes literally.
+        .with_ansi(false)
+        .event_format(ConsoleLine)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(err.with_max_level(tracing::Level::WARN).or_else(out))
+        .finish()
+}
+
+/// Installs [`console_notes_to`] on stdout and stderr for the process.
+pub fn console_notes() {
+    // Only fails when a subscriber is already set, which then keeps printing.
+    let _ = tracing::subscriber::set_global_default(console_notes_to(io::stdout, io::stderr));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl<'w> MakeWriter<'w> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'w self) -> Buf {
+            self.clone()
+        }
+    }
+    impl Buf {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    #[test]
+    fn notes_read_as_the_console_lines_they_replace() {
+        let (out, err) = (Buf::default(), Buf::default());
+        tracing::subscriber::with_default(console_notes_to(out.clone(), err.clone()), || {
+            let took = "configuration 1.0s";
+            tracing::info!("nova: took {took}");
+            tracing::debug!("not shown");
+            tracing::error!("error: the disk is gone");
+        });
+        assert_eq!(out.text(), "ciab-firstboot: nova: took configuration 1.0s\n");
+        assert_eq!(err.text(), "ciab-firstboot: error: the disk is gone\n");
     }
 }

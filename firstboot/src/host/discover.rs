@@ -19,18 +19,18 @@ impl Step<Ctx> for DiscoverStep {
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let hw = discover(&ctx.root)?;
-        println!(
-            "ciab-firstboot: discover: {} cpus, {} MiB RAM, firmware {:?}, kvm device {}",
+        tracing::info!(
+            "discover: {} cpus, {} MiB RAM, firmware {:?}, kvm device {}",
             hw.cpus,
             hw.memory_bytes >> 20,
             hw.firmware,
             if hw.kvm_device { "present" } else { "absent" }
         );
         for d in &hw.disks {
-            println!("ciab-firstboot: discover: disk {} {} MiB{}{}", d.name, d.size_bytes >> 20, if d.removable { " removable" } else { "" }, if d.holds_root { " (root)" } else { "" });
+            tracing::info!("discover: disk {} {} MiB{}{}", d.name, d.size_bytes >> 20, if d.removable { " removable" } else { "" }, if d.holds_root { " (root)" } else { "" });
         }
         for n in &hw.nics {
-            println!("ciab-firstboot: discover: nic {} {} carrier={}", n.name, n.mac, n.carrier);
+            tracing::info!("discover: nic {} {} carrier={}", n.name, n.mac, n.carrier);
         }
         ctx.save("hardware.json", &hw)
     }

@@ -119,7 +119,7 @@ impl Step<Ctx> for NetworkStep {
         write_files(&ctx.root, site, nic.as_deref())?;
         std::fs::write("/proc/sys/kernel/hostname", &site.hostname).context("setting the host name")?;
         let Some(nic) = nic else {
-            println!("ciab-firstboot: network: no network interface: air-gapped, nothing to configure");
+            tracing::info!("network: no network interface: air-gapped, nothing to configure");
             return Ok(());
         };
         // networkctl needs D-Bus, which a minimal image lacks; a restart
@@ -130,7 +130,7 @@ impl Step<Ctx> for NetworkStep {
         loop {
             let addrs = addresses(&nic)?;
             if !addrs.is_empty() {
-                println!("ciab-firstboot: network: {nic} {}", addrs.join(" "));
+                tracing::info!("network: {nic} {}", addrs.join(" "));
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {

@@ -47,7 +47,7 @@ impl Step<Ctx> for PlanStep {
         let profile = ctx.site()?.profile.unwrap_or_else(|| image_profile(&ctx.root));
         let disk = hw.disks.iter().find(|d| d.holds_root).map(|d| d.name.clone()).unwrap_or(crate::host::storage::root_disk()?);
         let plan = plan(hw, profile, image_bytes(&disk)?)?;
-        println!("ciab-firstboot: plan: {}", serde_json::to_string(&plan)?);
+        tracing::info!("plan: {}", serde_json::to_string(&plan)?);
         ctx.save("plan.json", &plan)?;
         ctx.plan = Some(plan);
         Ok(())

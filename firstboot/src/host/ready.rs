@@ -31,21 +31,21 @@ impl Step<Ctx> for ReadyStep {
         let site = ctx.site()?;
         let nic = crate::host::network::nic(ctx)?;
         let addrs = nic.as_deref().map(crate::host::network::addresses).transpose()?.unwrap_or_default();
-        println!("ciab-firstboot: summary: host {} ({} profile)", site.hostname, ctx.plan()?.profile);
+        tracing::info!("summary: host {} ({} profile)", site.hostname, ctx.plan()?.profile);
         for a in &addrs {
             let ip = a.split('/').next().unwrap_or(a);
-            println!("ciab-firstboot: summary: status page http://{ip}:8080/");
+            tracing::info!("summary: status page http://{ip}:8080/");
         }
         if ctx.has_cloud()? {
             let e = crate::cloud::catalog::endpoints(ctx)?;
-            println!("ciab-firstboot: summary: cloud {} (credentials in /root/.config/openstack/clouds.yaml)", e.public("identity"));
+            tracing::info!("summary: cloud {} (credentials in /root/.config/openstack/clouds.yaml)", e.public("identity"));
             for a in &addrs {
                 let ip = a.split('/').next().unwrap_or(a);
-                println!("ciab-firstboot: summary: CA certificate http://{ip}:8080/ca.crt");
+                tracing::info!("summary: CA certificate http://{ip}:8080/ca.crt");
             }
         }
         if let Some((used, total)) = memory_in_use(&std::fs::read_to_string(ctx.root.join("proc/meminfo")).unwrap_or_default()) {
-            println!("ciab-firstboot: summary: memory in use {used} MiB of {total} MiB (MemTotal − MemAvailable)");
+            tracing::info!("summary: memory in use {used} MiB of {total} MiB (MemTotal − MemAvailable)");
         }
         if ctx.plan()?.profile.has_cloud() {
             // Where the memory went, and where first boot's time went (under
@@ -54,11 +54,11 @@ impl Step<Ctx> for ReadyStep {
             for (title, by_service) in ["memory by service (MiB", "CPU time by service (s since its start"].iter().zip(&accounted) {
                 if !by_service.is_empty() {
                     let list: Vec<String> = by_service.iter().map(|(u, v)| format!("{u} {v}")).collect();
-                    println!("ciab-firstboot: summary: {title}, systemd's accounting): {}", list.join(", "));
+                    tracing::info!("summary: {title}, systemd's accounting): {}", list.join(", "));
                 }
             }
         }
-        println!("ciab-firstboot: summary: per-box secrets in {} (root only)", ctx.state_dir.join("secrets").display());
+        tracing::info!("summary: per-box secrets in {} (root only)", ctx.state_dir.join("secrets").display());
         ciab_core::atomic::write_atomic(&ctx.state_dir.join(DONE_STAMP), b"")
     }
 }

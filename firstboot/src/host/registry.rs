@@ -98,7 +98,7 @@ impl Step<Ctx> for RegistryStep {
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(250)),
             }
         }
-        println!("ciab-firstboot: registry: {} image(s) served on http://{}", index.images.len(), ADDR);
+        tracing::info!("registry: {} image(s) served on http://{}", index.images.len(), ADDR);
         Ok(())
     }
 }

@@ -35,7 +35,7 @@ impl Step<Ctx> for SecretsStep {
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let names = secret_names(ctx.plan()?.profile);
         let created = ensure(&ctx.state_dir.join("secrets"), &names)?;
-        println!("ciab-firstboot: secrets: {created} generated, {} in total, in {}", names.len(), ctx.state_dir.join("secrets").display());
+        tracing::info!("secrets: {created} generated, {} in total, in {}", names.len(), ctx.state_dir.join("secrets").display());
         Ok(())
     }
 }

@@ -23,7 +23,7 @@ impl Step<Ctx> for SiteConfigStep {
         let found = find(&ctx.state_dir.join("run"))?;
         let site = found.parse()?;
         site.validate_against(ctx.hw()?)?;
-        println!("ciab-firstboot: site-config: from {}: hostname {}", found.source, site.hostname);
+        tracing::info!("site-config: from {}: hostname {}", found.source, site.hostname);
         ctx.save("site-source.json", &found)?;
         ctx.site = Some(site);
         Ok(())

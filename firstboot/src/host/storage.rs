@@ -260,7 +260,7 @@ impl Step<Ctx> for StorageStep {
         ensure_volumes(&pv, &vols)?;
         ensure_mounts(&vols)?;
         for (name, bytes) in report()? {
-            println!("ciab-firstboot: storage: lv {}/{name} {} MiB", VG, bytes >> 20);
+            tracing::info!("storage: lv {}/{name} {} MiB", VG, bytes >> 20);
         }
         Ok(())
     }

@@ -63,8 +63,8 @@ impl Step<Ctx> for SystemStep {
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&zone, &tmp).with_context(|| format!("linking {}", tmp.display()))?;
         std::fs::rename(&tmp, &link).with_context(|| format!("replacing {}", link.display()))?;
-        println!(
-            "ciab-firstboot: system: {} SSH key(s) for root, time zone {}",
+        tracing::info!(
+            "system: {} SSH key(s) for root, time zone {}",
             site.ssh_authorized_keys.len(),
             site.time_zone.as_deref().unwrap_or("Etc/UTC")
         );
