@@ -13,6 +13,7 @@ pub mod target;
 use ciab_core::blockdev::BlockDevice;
 use ciab_core::contract::{PartitionRole, INSTALLED_LINE, INSTALLER_MODULE_LIST, INSTALLER_TRUSTED_KEY};
 use ciab_core::flash::{self, Image, Phase, Source, Target};
+use ciab_core::wait::{wait_until, Poll};
 use anyhow::{bail, Context, Result};
 use console::Console;
 use std::path::Path;
@@ -78,16 +79,15 @@ fn gpt_disk_guid(dev: &Path) -> Option<String> {
 fn install(con: &Console) -> Result<Outcome> {
     let key = std::fs::read_to_string(Path::new("/").join(INSTALLER_TRUSTED_KEY)).context("the initramfs has no trusted key")?;
     con.line("looking for the installer medium");
-    let started = Instant::now();
-    let medium = loop {
-        if let Some(m) = medium::find(Path::new(MEDIUM_MOUNT), &key)? {
-            break m;
-        }
-        if started.elapsed() > MEDIUM_WAIT {
-            let disks = BlockDevice::list_disks()?.iter().map(|d| d.describe()).collect::<Vec<_>>().join("; ");
-            bail!("no disk carries the installer's ISO with a payload after {} s (disks: {disks})", MEDIUM_WAIT.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(500));
+    let waited = wait_until(MEDIUM_WAIT, Duration::from_millis(500), || {
+        Ok(match medium::find(Path::new(MEDIUM_MOUNT), &key)? {
+            Some(m) => Poll::Ready(m),
+            None => Poll::Pending(()),
+        })
+    })?;
+    let Ok(medium) = waited else {
+        let disks = BlockDevice::list_disks()?.iter().map(|d| d.describe()).collect::<Vec<_>>().join("; ");
+        bail!("no disk carries the installer's ISO with a payload after {} s (disks: {disks})", MEDIUM_WAIT.as_secs());
     };
     let m = &medium.manifest;
     con.line(&format!("medium /dev/{}: {} {} (signature ok)", medium.disk, m.image.name, m.image.version));

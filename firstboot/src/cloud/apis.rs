@@ -2,6 +2,7 @@ use anyhow::{bail, Result};
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
 use std::time::{Duration, Instant};
+use ciab_core::wait::{wait_until, Poll, Timeout};
 use super::{catalog, horizon, messaging, service};
 use super::service::API_TIMEOUT;
 use super::identity::{admin, admin_token};
@@ -20,14 +21,17 @@ fn horizon_answers() -> bool {
 /// Polls `ready` until it says yes; after `API_TIMEOUT` fails with `what`
 /// and `unit`'s last journal lines (or the last error, if it kept failing).
 fn await_ready(what: &str, unit: &str, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + API_TIMEOUT;
-    loop {
-        match ready() {
-            Ok(true) => return Ok(()),
-            Ok(false) | Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_secs(3)),
-            Ok(false) => bail!("{what} after {} s\n{}", API_TIMEOUT.as_secs(), service::journal_tail(unit)),
-            Err(e) => return Err(e.context(format!("{what} after {} s", API_TIMEOUT.as_secs()))),
-        }
+    let waited = wait_until(API_TIMEOUT, Duration::from_secs(3), || {
+        Ok(match ready() {
+            Ok(true) => Poll::Ready(()),
+            Ok(false) => Poll::Pending(None),
+            Err(e) => Poll::Pending(Some(e)),
+        })
+    })?;
+    match waited {
+        Ok(()) => Ok(()),
+        Err(Timeout { last: None, .. }) => bail!("{what} after {} s\n{}", API_TIMEOUT.as_secs(), service::journal_tail(unit)),
+        Err(Timeout { last: Some(e), .. }) => Err(e.context(format!("{what} after {} s", API_TIMEOUT.as_secs()))),
     }
 }
 
@@ -75,15 +79,14 @@ impl Step<Ctx> for ApisStep {
         await_ready("Cinder's services are not all up", "cinder-volume", || admin(ctx).and_then(|k| super::cinder::volume_ready(k.token(), k.project_id())))?;
         tracing::info!("apis: {} up ({:.0} s)", super::cinder::CINDER_DAEMONS.join(", "), started.elapsed().as_secs_f64());
         let password = ctx.secret(messaging::RABBIT_SECRET)?;
-        let deadline = Instant::now() + API_TIMEOUT;
-        loop {
-            match check_broker(&password) {
-                Ok(()) => break,
-                Err(e) if Instant::now() > deadline || service::state("rabbitmq-server") == "failed" => {
-                    return Err(e.context(service::journal_tail("rabbitmq-server")));
-                }
-                Err(_) => std::thread::sleep(Duration::from_secs(1)),
-            }
+        // A failed broker is not waited out.
+        let waited = wait_until(API_TIMEOUT, Duration::from_secs(1), || match check_broker(&password) {
+            Ok(()) => Ok(Poll::Ready(())),
+            Err(e) if service::state("rabbitmq-server") == "failed" => Err(e.context(service::journal_tail("rabbitmq-server"))),
+            Err(e) => Ok(Poll::Pending(e)),
+        })?;
+        if let Err(timeout) = waited {
+            return Err(timeout.last.context(service::journal_tail("rabbitmq-server")));
         }
         tracing::info!("apis: RabbitMQ takes the services' login and refuses guest ({:.0} s)", started.elapsed().as_secs_f64());
         ctx.set_stamp("apis")

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
 use std::time::Duration;
+use ciab_core::wait::{wait_until, Poll};
 use super::{keys, service};
 use super::service::write_dropin;
 
@@ -106,16 +107,13 @@ pub fn run_sql(state_dir: &Path, database: Option<&str>, sql: &str) -> Result<()
 /// Waits until the server's socket accepts connections: "active" is not
 /// enough (a server started through socket activation listens elsewhere).
 pub fn wait_socket(timeout: std::time::Duration) -> Result<()> {
-    let start = std::time::Instant::now();
-    loop {
-        if std::os::unix::net::UnixStream::connect(SOCKET).is_ok() {
-            return Ok(());
-        }
-        if start.elapsed() > timeout {
-            bail!("MariaDB does not accept connections on {SOCKET} after {} s\n{}", timeout.as_secs(), super::service::journal_tail("mariadb"));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
+    let waited = wait_until(timeout, Duration::from_millis(250), || {
+        Ok(if std::os::unix::net::UnixStream::connect(SOCKET).is_ok() { Poll::Ready(()) } else { Poll::Pending(()) })
+    })?;
+    if waited.is_err() {
+        bail!("MariaDB does not accept connections on {SOCKET} after {} s\n{}", timeout.as_secs(), super::service::journal_tail("mariadb"));
     }
+    Ok(())
 }
 
 /// `mariadb [database] -e "source FILE"` as root over the socket.

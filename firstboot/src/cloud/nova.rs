@@ -14,7 +14,8 @@ use crate::ctx::Ctx;
 use crate::engine::{About, Step};
 use crate::host::network::management_addresses;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use ciab_core::wait::{wait_until, Poll};
 use super::uwsgi::{Uwsgi, api_started, install_uwsgi};
 use super::database::{db_url, pool};
 use super::service::{write_dropin, write_private_conf};
@@ -151,10 +152,8 @@ fn probe_kvm(root: &Path) -> bool {
             if let Err(e) = ciab_core::exec::Cmd::new("modprobe").package("kmod").arg(module).run() {
                 tracing::info!("nova: modprobe {module}: {e:#}");
             }
-            let until = Instant::now() + Duration::from_secs(20);
-            while !dev.exists() && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            // Timed out or not, opening it below is the verdict.
+            let _ = wait_until(Duration::from_secs(20), Duration::from_millis(200), || Ok(if dev.exists() { Poll::Ready(()) } else { Poll::Pending(()) }));
         }
     }
     std::fs::OpenOptions::new().read(true).write(true).open(&dev).is_ok()

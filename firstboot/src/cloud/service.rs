@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use std::time::{Duration, Instant};
+use ciab_core::wait::{wait_until, Poll};
 use std::path::Path;
 use super::keys;
 
@@ -133,13 +134,14 @@ pub fn is_active(unit: &str) -> bool {
 pub fn wait_active(units: &[&str], timeout: Duration) -> Result<()> {
     let start = Instant::now();
     for unit in units {
-        loop {
-            match state(unit).as_str() {
-                "active" => break,
-                "failed" => bail!("{unit} failed to start\n{}", journal_tail(unit)),
-                s if start.elapsed() > timeout => bail!("{unit} is {s} after {} s\n{}", timeout.as_secs(), journal_tail(unit)),
-                _ => std::thread::sleep(Duration::from_millis(300)),
-            }
+        // One timeout for all of them, not one each.
+        let waited = wait_until(timeout.saturating_sub(start.elapsed()), Duration::from_millis(300), || match state(unit).as_str() {
+            "active" => Ok(Poll::Ready(())),
+            "failed" => bail!("{unit} failed to start\n{}", journal_tail(unit)),
+            s => Ok(Poll::Pending(s.to_owned())),
+        })?;
+        if let Err(stuck) = waited {
+            bail!("{unit} is {} after {} s\n{}", stuck.last, timeout.as_secs(), journal_tail(unit));
         }
     }
     Ok(())
@@ -191,17 +193,15 @@ pub fn http_status(url: &str, ca: Option<&str>) -> Option<u16> {
 /// Waits until `url` answers below 500, while `unit` stays alive.
 pub fn wait_http(url: &str, ca: Option<&str>, unit: &str, timeout: Duration) -> Result<Duration> {
     let start = Instant::now();
-    loop {
-        match http_status(url, ca) {
-            Some(code) if code < 500 => return Ok(start.elapsed()),
-            _ if start.elapsed() > timeout => bail!("{url} does not answer after {} s\n{}", timeout.as_secs(), journal_tail(unit)),
-            _ => {}
-        }
-        if systemctl(&["is-failed", "--quiet", unit]).is_ok() {
-            bail!("{unit} failed while {url} was awaited\n{}", journal_tail(unit));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let waited = wait_until(timeout, Duration::from_millis(500), || match http_status(url, ca) {
+        Some(code) if code < 500 => Ok(Poll::Ready(start.elapsed())),
+        _ if systemctl(&["is-failed", "--quiet", unit]).is_ok() => bail!("{unit} failed while {url} was awaited\n{}", journal_tail(unit)),
+        _ => Ok(Poll::Pending(())),
+    })?;
+    let Ok(took) = waited else {
+        bail!("{url} does not answer after {} s\n{}", timeout.as_secs(), journal_tail(unit));
+    };
+    Ok(took)
 }
 
 /// How long an OpenStack API may take to answer after its start: Keystone

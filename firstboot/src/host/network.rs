@@ -8,6 +8,7 @@ use std::path::Path;
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
 use anyhow::bail;
+use ciab_core::wait::{wait_until, Poll};
 
 /// The networkd file first boot owns.
 pub const NETWORK_FILE: &str = "etc/systemd/network/10-ciab-mgmt.network";
@@ -126,18 +127,15 @@ impl Step<Ctx> for NetworkStep {
         // through PID 1 makes networkd read the new file just as well.
         ciab_core::exec::Cmd::new("systemctl").package("systemd").args(["enable", "systemd-networkd"]).run()?;
         ciab_core::exec::Cmd::new("systemctl").package("systemd").args(["restart", "systemd-networkd"]).run()?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-        loop {
+        let waited = wait_until(std::time::Duration::from_secs(90), std::time::Duration::from_secs(1), || {
             let addrs = addresses(&nic)?;
-            if !addrs.is_empty() {
-                tracing::info!("network: {nic} {}", addrs.join(" "));
-                return Ok(());
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("{nic} has no address after 90 s ({:?} configuration)", site.network.mode);
-            }
-            std::thread::sleep(std::time::Duration::from_secs(1));
-        }
+            Ok(if addrs.is_empty() { Poll::Pending(()) } else { Poll::Ready(addrs) })
+        })?;
+        let Ok(addrs) = waited else {
+            bail!("{nic} has no address after 90 s ({:?} configuration)", site.network.mode);
+        };
+        tracing::info!("network: {nic} {}", addrs.join(" "));
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@ use crate::http::Client;
 use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
+use ciab_core::wait::{wait_until, Poll};
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
 
@@ -87,16 +88,16 @@ impl Step<Ctx> for RegistryStep {
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let index = bundle_index(&ctx.root)?.context("the bundle index disappeared")?;
         ciab_core::exec::Cmd::new("systemctl").package("systemd").args(["start", UNIT]).run()?;
-        let deadline = std::time::Instant::now() + REGISTRY_TIMEOUT;
-        loop {
-            match probe(ADDR, &index) {
-                Ok(()) => break,
-                Err(e) if std::time::Instant::now() > deadline => {
-                    let log = ciab_core::exec::Cmd::new("journalctl").args(["-u", UNIT, "-n", "5", "--no-pager", "-o", "cat"]).run().unwrap_or_default();
-                    bail!("the offline registry does not serve the bundle after {} s: {e:#}\n{}", REGISTRY_TIMEOUT.as_secs(), log.trim_end());
-                }
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(250)),
-            }
+        let waited = wait_until(REGISTRY_TIMEOUT, Duration::from_millis(250), || {
+            Ok(match probe(ADDR, &index) {
+                Ok(()) => Poll::Ready(()),
+                Err(e) => Poll::Pending(e),
+            })
+        })?;
+        if let Err(timeout) = waited {
+            let e = timeout.last;
+            let log = ciab_core::exec::Cmd::new("journalctl").args(["-u", UNIT, "-n", "5", "--no-pager", "-o", "cat"]).run().unwrap_or_default();
+            bail!("the offline registry does not serve the bundle after {} s: {e:#}\n{}", REGISTRY_TIMEOUT.as_secs(), log.trim_end());
         }
         tracing::info!("registry: {} image(s) served on http://{}", index.images.len(), ADDR);
         Ok(())
