@@ -299,11 +299,7 @@ pub fn parse(text: &str) -> Result<Bmap> {
 /// sha256 of the whole file text as bmaptool computes it (with the checksum
 /// field already zeroed by the caller).
 fn file_checksum(text: &str) -> String {
-    hex(&Sha256::digest(text.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// Emulates bmaptool's seek-and-write on its output file: replace bytes in
@@ -346,7 +342,7 @@ mod tests {
     use std::process::Command;
 
     fn sha(bytes: &[u8]) -> String {
-        hex(&Sha256::digest(bytes))
+        hex::encode(Sha256::digest(bytes))
     }
 
     /// Content-based mapping, as ciab does it: 4 KiB blocks holding any

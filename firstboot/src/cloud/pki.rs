@@ -213,7 +213,7 @@ pub fn fingerprint(pem: &str) -> Result<String> {
     use sha2::Digest as _;
     let body: String = pem.lines().skip_while(|l| !l.starts_with("-----BEGIN")).skip(1).take_while(|l| !l.starts_with("-----END")).collect();
     let der = base64::engine::general_purpose::STANDARD.decode(body).context("decoding the certificate")?;
-    Ok(sha2::Sha256::digest(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"))
+    Ok(sha2::Sha256::digest(der).iter().map(|b| hex::encode_upper([*b])).collect::<Vec<_>>().join(":"))
 }
 
 pub struct PkiStep;

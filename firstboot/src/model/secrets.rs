@@ -26,16 +26,12 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
 /// A fresh secret: 32 random bytes as 64 hex characters (safe in every
 /// config-file syntax the services use).
 pub fn generate() -> Result<String> {
-    Ok(random_bytes::<SECRET_BYTES>()?.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(random_bytes::<SECRET_BYTES>()?))
 }
 
 /// A random (version 4) UUID in its canonical text form.
 pub fn uuid4() -> Result<String> {
-    let mut b = random_bytes::<16>()?;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+    Ok(uuid::Builder::from_random_bytes(random_bytes::<16>()?).into_uuid().to_string())
 }
 
 /// Is `name` present, non-empty, mode 0600 and owned by root?

@@ -37,6 +37,7 @@
 
 use crate::model::hardware::Hardware;
 use crate::model::plan::Profile;
+use base64::Engine as _;
 use ciab_core::toml_position::{line_col, TomlPositions};
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
@@ -819,7 +820,9 @@ fn check_ssh_key(line: &str) -> Result<(), String> {
     let Some(blob) = blob else {
         return Err(format!("no base64 key after `{kind}`"));
     };
-    let bytes = base64_decode(blob).ok_or_else(|| "the key is not valid base64".to_owned())?;
+    // Padded, and the bits past the last byte zero: OpenSSH's b64_pton
+    // refuses anything else, and so does the STANDARD engine.
+    let bytes = base64::engine::general_purpose::STANDARD.decode(blob).map_err(|_| "the key is not valid base64".to_owned())?;
     let mut reader = SshReader(&bytes);
     let inner = reader.string().ok_or_else(|| "the key data is truncated".to_owned())?;
     if inner != kind.as_bytes() {
@@ -858,37 +861,6 @@ impl<'a> SshReader<'a> {
         self.0 = rest;
         Some(s)
     }
-}
-
-/// Standard base64 with padding, as in authorized_keys.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    if s.is_empty() || s.len() % 4 != 0 {
-        return None;
-    }
-    let body = s.trim_end_matches('=');
-    if s.len() - body.len() > 2 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    let (mut acc, mut nbits) = (0u32, 0u32);
-    for c in body.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        nbits += 6;
-        if nbits >= 8 {
-            nbits -= 8;
-            out.push((acc >> nbits) as u8);
-            acc &= (1 << nbits) - 1;
-        }
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -1105,7 +1077,7 @@ port = 8443
         let short = ED25519.replacen("TAVTjRT", "TAVT", 1);
         assert_eq!(bad(&short), format!("{at}the key is not valid base64"));
         assert_eq!(
-            bad("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP8X4vm9Xbkw3tbMnqnx5R0EqC9q58mct1YB5TAVTj== x"),
+            bad("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP8X4vm9Xbkw3tbMnqnx5R0EqC9q58mct1YB5TAVTg== x"),
             format!("{at}the ed25519 key data is truncated or malformed")
         );
         assert_eq!(bad("ssh-dss AAAAB3NzaC1kc3M= old"), format!("{at}DSA keys are not supported by OpenSSH 10; use ssh-ed25519"));
@@ -1121,39 +1093,21 @@ port = 8443
             blob.extend_from_slice(&part);
         }
         assert_eq!(
-            bad(&format!("ssh-rsa {}", base64_encode(&blob))),
+            bad(&format!("ssh-rsa {}", base64::engine::general_purpose::STANDARD.encode(&blob))),
             format!("{at}the RSA key has 512 bits; OpenSSH requires at least 1024")
         );
     }
 
-    fn base64_encode(data: &[u8]) -> String {
-        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in data.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-            let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-
     #[test]
-    fn base64_round_trips() {
-        for len in 0..10 {
-            let data: Vec<u8> = (0..len).map(|i| (i * 37 + 5) as u8).collect();
-            if len > 0 {
-                assert_eq!(base64_decode(&base64_encode(&data)), Some(data));
-            }
-        }
-        assert_eq!(base64_decode("QQ=="), Some(b"A".to_vec()));
-        assert_eq!(base64_decode("Q==="), None);
-        assert_eq!(base64_decode("QQ="), None);
+    fn ssh_key_base64_is_as_strict_as_openssh() {
+        let not_base64 = Err("the key is not valid base64".to_owned());
+        let key = |blob: &str| check_ssh_key(&format!("ssh-ed25519 {blob}"));
+        assert_eq!(key("QQ=="), Err("the key data is truncated".to_owned()));
+        assert_eq!(key("Q==="), not_base64);
+        assert_eq!(key("QQ="), not_base64);
+        assert_eq!(key("QQ"), not_base64, "padding is required");
+        assert_eq!(key("QR=="), not_base64, "the bits past the last byte must be zero");
+        assert_eq!(key("Q=Q="), not_base64);
     }
 
     #[test]
