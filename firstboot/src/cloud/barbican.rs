@@ -35,7 +35,7 @@ pub fn conf(db_url: &str, endpoints: &Endpoints, service_password: &str, kek: &s
     let mut ini = Ini::new("Written by ciab-firstboot; rewritten on every run of the barbican step. Holds the box's master key: root and barbican only.");
     // Secrets' hrefs point through the front end.
     ini.set("DEFAULT", "host_href", KEY_MANAGER.public_url(endpoints));
-    super::database::oslo_db(&mut ini, "database", db_url, pool);
+    super::oslo::db(&mut ini, "database", db_url, pool);
     keystone::authtoken(&mut ini, endpoints, KEY_MANAGER.name, service_password);
     ini.set("secretstore", "enabled_secretstore_plugins", "store_crypto")
         .set("crypto", "enabled_crypto_plugins", "simple_crypto")
@@ -46,9 +46,9 @@ pub fn conf(db_url: &str, endpoints: &Endpoints, service_password: &str, kek: &s
         // manage its secrets (scs-0116); its legacy rules, still the
         // default, want a `creator` role nobody has.
         .set("oslo_policy", "enforce_new_defaults", true)
-        .set("oslo_policy", "enforce_scope", true)
-        .set("oslo_middleware", "enable_proxy_headers_parsing", true)
-        .set("oslo_messaging_notifications", "driver", "noop");
+        .set("oslo_policy", "enforce_scope", true);
+    super::oslo::proxy_headers(&mut ini);
+    super::oslo::notifications_off(&mut ini);
     ini
 }
 

@@ -64,9 +64,9 @@ pub fn backup_dropin() -> String {
 pub fn conf(c: &CinderConf) -> Ini {
     let mut ini = Ini::new("Written by ciab-firstboot; rewritten on every run of the cinder step.");
     ini.set("DEFAULT", "host", c.host)
-        .set("DEFAULT", "my_ip", c.my_ip)
-        .set("DEFAULT", "transport_url", messaging::transport_url(c.rabbit_password))
-        .set("DEFAULT", "auth_strategy", "keystone")
+        .set("DEFAULT", "my_ip", c.my_ip);
+    super::oslo::transport(&mut ini, c.rabbit_password);
+    ini.set("DEFAULT", "auth_strategy", "keystone")
         .set("DEFAULT", "state_path", "/var/lib/cinder")
         .set("DEFAULT", "enabled_backends", BACKEND)
         // Created by the volume-types step, described per scs-0114.
@@ -85,7 +85,7 @@ pub fn conf(c: &CinderConf) -> Ini {
         // Between polls the scheduler counts what it places itself.
         .set("DEFAULT", "backend_stats_polling_interval", STATS_POLLING_SECS)
         .set("DEFAULT", "backup_driver_stats_polling_interval", STATS_POLLING_SECS);
-    super::database::oslo_db(&mut ini, "database", &c.db_url, c.pool);
+    super::oslo::db(&mut ini, "database", &c.db_url, c.pool);
     keystone::authtoken(&mut ini, c.endpoints, BLOCK_STORAGE.name, c.service_password);
     keystone::service_auth(&mut ini, "nova", BLOCK_STORAGE.name, c.service_password);
     ini.set("nova", "interface", "internal")
@@ -98,10 +98,10 @@ pub fn conf(c: &CinderConf) -> Ini {
         .set(BACKEND, "target_protocol", "iscsi")
         .set(BACKEND, "target_helper", "tgtadm")
         .set(BACKEND, "target_ip_address", c.my_ip)
-        .set(BACKEND, "volumes_dir", VOLUMES_DIR)
-        .set("oslo_concurrency", "lock_path", "/var/lib/cinder/tmp")
-        .set("oslo_middleware", "enable_proxy_headers_parsing", true)
-        .set("oslo_messaging_notifications", "driver", "noop");
+        .set(BACKEND, "volumes_dir", VOLUMES_DIR);
+    super::oslo::lock_path(&mut ini, "/var/lib/cinder/tmp");
+    super::oslo::proxy_headers(&mut ini);
+    super::oslo::notifications_off(&mut ini);
     ini
 }
 

@@ -52,12 +52,6 @@ pub fn connection_url(account: &Account, password: &str, database: &str) -> Stri
     format!("mysql+pymysql://{}:{password}@localhost/{database}?unix_socket={SOCKET}&charset=utf8", account.user)
 }
 
-/// oslo.db's settings in `section` (`database` for most services): the
-/// account's URL and the plan's pool sizes.
-pub fn oslo_db(ini: &mut Ini, section: &str, url: &str, (max_pool_size, max_overflow): (u32, u32)) {
-    ini.set(section, "connection", url).set(section, "max_pool_size", max_pool_size).set(section, "max_overflow", max_overflow);
-}
-
 /// The server's settings from the plan: memory, connections, loopback only.
 pub fn server_cnf(cp: &ControlPlane) -> Ini {
     let mut ini = Ini::new("Written by ciab-firstboot from the sizing plan (/var/lib/ciab/plan.json).");

@@ -22,15 +22,15 @@ pub fn conf(db_url: &str, endpoints: &Endpoints, service_password: &str, pool: (
     ini.set("DEFAULT", "public_endpoint", GLANCE.public_url(endpoints))
         .set("DEFAULT", "enabled_backends", "file:file")
         .set("DEFAULT", "show_image_direct_url", false);
-    super::database::oslo_db(&mut ini, "database", db_url, pool);
+    super::oslo::db(&mut ini, "database", db_url, pool);
     ini.set("glance_store", "default_backend", "file")
         .set("file", "filesystem_store_datadir", format!("{STORE}/"))
         .set("os_glance_staging_store", "filesystem_store_datadir", format!("{STORE}/os_glance_staging_store/"))
         .set("os_glance_tasks_store", "filesystem_store_datadir", format!("{STORE}/os_glance_tasks_store/"));
     keystone::authtoken(&mut ini, endpoints, GLANCE.name, service_password);
-    ini.set("paste_deploy", "flavor", "keystone")
-        .set("oslo_concurrency", "lock_path", "/var/lock/glance")
-        .set("oslo_middleware", "enable_proxy_headers_parsing", true);
+    ini.set("paste_deploy", "flavor", "keystone");
+    super::oslo::lock_path(&mut ini, "/var/lock/glance");
+    super::oslo::proxy_headers(&mut ini);
     ini
 }
 

@@ -31,13 +31,12 @@ pub fn conf(db_url: &str, endpoints: &Endpoints, pool: (u32, u32)) -> Ini {
     let mut ini = Ini::new("Written by ciab-firstboot; rewritten on every run of the keystone step.");
     ini.set("DEFAULT", "log_dir", "/var/log/keystone")
         .set("DEFAULT", "public_endpoint", endpoints.public("identity"));
-    super::database::oslo_db(&mut ini, "database", db_url, pool);
+    super::oslo::db(&mut ini, "database", db_url, pool);
     ini.set("token", "provider", "fernet")
         .set("fernet_tokens", "key_repository", format!("/{FERNET_KEYS}/"))
         .set("fernet_receipts", "key_repository", format!("/{FERNET_KEYS}/"))
-        .set("credential", "key_repository", format!("/{CREDENTIAL_KEYS}/"))
-        // The front end terminates TLS and says so in X-Forwarded-Proto.
-        .set("oslo_middleware", "enable_proxy_headers_parsing", true);
+        .set("credential", "key_repository", format!("/{CREDENTIAL_KEYS}/"));
+    super::oslo::proxy_headers(&mut ini);
     ini
 }
 

@@ -5,7 +5,8 @@
 //! cloud service" walks through one.
 //!
 //! Shared by the services: `catalog` (every API's place and the public
-//! endpoints), `ini` (the INI writer), `uwsgi` (APIs under uwsgi), `service`
+//! endpoints), `ini` (the INI writer), `oslo` (the oslo libraries' settings
+//! in every service's file), `uwsgi` (APIs under uwsgi), `service`
 //! (systemd units and waiting for them), `rest` (the HTTP client), `keys`
 //! (system users, key repositories), `pki` (the box's CA), `laps` (where a
 //! step's time goes), `scs` (the SCS standards' defaults).
@@ -37,6 +38,7 @@ pub mod messaging;
 pub mod neutron;
 pub mod nova;
 pub mod octavia;
+pub mod oslo;
 pub mod ovn;
 pub mod pki;
 pub mod placement;

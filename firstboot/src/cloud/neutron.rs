@@ -48,19 +48,19 @@ pub fn conf(c: &NeutronConf) -> Ini {
         .set("DEFAULT", "allow_overlapping_ips", true)
         .set("DEFAULT", "auth_strategy", "keystone")
         .set("DEFAULT", "api_paste_config", "/etc/neutron/api-paste.ini")
-        .set("DEFAULT", "state_path", "/var/lib/neutron")
-        .set("DEFAULT", "transport_url", messaging::transport_url(c.rabbit_password))
-        .set("DEFAULT", "notify_nova_on_port_status_changes", true)
+        .set("DEFAULT", "state_path", "/var/lib/neutron");
+    super::oslo::transport(&mut ini, c.rabbit_password);
+    ini.set("DEFAULT", "notify_nova_on_port_status_changes", true)
         .set("DEFAULT", "notify_nova_on_port_data_changes", true);
-    super::database::oslo_db(&mut ini, "database", &c.db_url, c.pool);
+    super::oslo::db(&mut ini, "database", &c.db_url, c.pool);
     keystone::authtoken(&mut ini, c.endpoints, NETWORK.name, c.service_password);
     // Neutron tells Nova when a port is plugged; Nova waits for that before
     // it starts a server.
     keystone::service_auth(&mut ini, "nova", NETWORK.name, c.service_password);
-    ini.set("nova", "endpoint_type", "internal")
-        .set("oslo_concurrency", "lock_path", "/var/lib/neutron/lock")
-        .set("oslo_middleware", "enable_proxy_headers_parsing", true)
-        .set("oslo_messaging_notifications", "driver", "noop");
+    ini.set("nova", "endpoint_type", "internal");
+    super::oslo::lock_path(&mut ini, "/var/lib/neutron/lock");
+    super::oslo::proxy_headers(&mut ini);
+    super::oslo::notifications_off(&mut ini);
     ini
 }
 
@@ -96,8 +96,8 @@ pub fn metadata_agent_conf(host: &str, metadata_secret: &str) -> Ini {
         .set("DEFAULT", "metadata_workers", 1)
         .set("agent", "root_helper", "sudo neutron-rootwrap /etc/neutron/rootwrap.conf")
         .set("ovs", "ovsdb_connection", ovn::OVSDB)
-        .set("ovn", "ovn_sb_connection", ovn::SB)
-        .set("oslo_concurrency", "lock_path", "/var/lib/neutron/lock");
+        .set("ovn", "ovn_sb_connection", ovn::SB);
+    super::oslo::lock_path(&mut ini, "/var/lib/neutron/lock");
     ini
 }
 

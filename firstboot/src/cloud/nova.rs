@@ -56,9 +56,9 @@ fn service_auth(ini: &mut Ini, section: &str, password: &str) {
 pub fn conf(c: &NovaConf) -> Ini {
     let mut ini = Ini::new("Written by ciab-firstboot; rewritten on every run of the nova step.");
     ini.set("DEFAULT", "host", c.host)
-        .set("DEFAULT", "my_ip", &c.my_ip)
-        .set("DEFAULT", "transport_url", messaging::transport_url(c.rabbit_password))
-        .set("DEFAULT", "state_path", "/var/lib/nova")
+        .set("DEFAULT", "my_ip", &c.my_ip);
+    super::oslo::transport(&mut ini, c.rabbit_password);
+    ini.set("DEFAULT", "state_path", "/var/lib/nova")
         .set("DEFAULT", "instances_path", INSTANCES)
         .set("DEFAULT", "enabled_apis", "osapi_compute")
         .set("DEFAULT", "reserved_host_memory_mb", c.plan.reserved_host_memory_mb)
@@ -69,8 +69,8 @@ pub fn conf(c: &NovaConf) -> Ini {
         .set("api", "auth_strategy", "keystone")
         .set("api", "compute_link_prefix", COMPUTE.public_url(c.endpoints))
         .set("api", "glance_link_prefix", GLANCE.public_url(c.endpoints));
-    super::database::oslo_db(&mut ini, "api_database", &c.api_db_url, c.pool);
-    super::database::oslo_db(&mut ini, "database", &c.cell_db_url, c.pool);
+    super::oslo::db(&mut ini, "api_database", &c.api_db_url, c.pool);
+    super::oslo::db(&mut ini, "database", &c.cell_db_url, c.pool);
     ini.set("conductor", "workers", c.workers.0)
         .set("scheduler", "workers", c.workers.1)
         // nova-compute registers itself; the scheduler maps it into cell1.
@@ -93,10 +93,10 @@ pub fn conf(c: &NovaConf) -> Ini {
         .set("cinder", "os_region_name", keystone::REGION)
         .set("libvirt", "virt_type", c.virt_type)
         .set("libvirt", "cpu_mode", if c.virt_type == "kvm" { "host-passthrough" } else { "none" })
-        .set("vnc", "enabled", false)
-        .set("oslo_concurrency", "lock_path", "/var/lib/nova/tmp")
-        .set("oslo_middleware", "enable_proxy_headers_parsing", true)
-        .set("oslo_messaging_notifications", "driver", "noop");
+        .set("vnc", "enabled", false);
+    super::oslo::lock_path(&mut ini, "/var/lib/nova/tmp");
+    super::oslo::proxy_headers(&mut ini);
+    super::oslo::notifications_off(&mut ini);
     ini
 }
 

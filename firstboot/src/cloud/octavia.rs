@@ -35,14 +35,14 @@ pub struct OctaviaConf<'a> {
 
 pub fn conf(c: &OctaviaConf) -> Ini {
     let mut ini = Ini::new("Written by ciab-firstboot; rewritten on every run of the octavia step.");
-    ini.set("DEFAULT", "transport_url", messaging::transport_url(c.rabbit_password))
-        .set("api_settings", "api_base_uri", LOAD_BALANCER.public_url(c.endpoints))
+    super::oslo::transport(&mut ini, c.rabbit_password);
+    ini.set("api_settings", "api_base_uri", LOAD_BALANCER.public_url(c.endpoints))
         .set("api_settings", "enabled_provider_drivers", format!("{PROVIDER}:OVN provider (load balancers in the box's OVN; no amphorae)"))
         .set("api_settings", "default_provider_driver", PROVIDER)
         .set("driver_agent", "enabled_provider_agents", PROVIDER)
         .set("ovn", "ovn_nb_connection", ovn::NB)
         .set("ovn", "ovn_sb_connection", ovn::SB);
-    super::database::oslo_db(&mut ini, "database", &c.db_url, c.pool);
+    super::oslo::db(&mut ini, "database", &c.db_url, c.pool);
     keystone::authtoken(&mut ini, c.endpoints, LOAD_BALANCER.name, c.service_password);
     // The provider creates the VIP's port and reads subnets through
     // Neutron's API as the service user, on loopback.
@@ -56,9 +56,9 @@ pub fn conf(c: &OctaviaConf) -> Ini {
         .set("neutron", "endpoint_override", NETWORK.internal_url())
         // Its Octavia client (the OVN database sync tool's) does read this.
         .set("service_auth", "valid_interfaces", "internal")
-        .set("neutron", "region_name", keystone::REGION)
-        .set("oslo_middleware", "enable_proxy_headers_parsing", true)
-        .set("oslo_messaging_notifications", "driver", "noop");
+        .set("neutron", "region_name", keystone::REGION);
+    super::oslo::proxy_headers(&mut ini);
+    super::oslo::notifications_off(&mut ini);
     ini
 }
 

@@ -14,9 +14,9 @@ pub const CONF: &str = "etc/placement/placement.conf";
 pub fn conf(db_url: &str, endpoints: &Endpoints, service_password: &str, pool: (u32, u32)) -> Ini {
     let mut ini = Ini::new("Written by ciab-firstboot; rewritten on every run of the placement step.");
     ini.set("api", "auth_strategy", "keystone");
-    super::database::oslo_db(&mut ini, "placement_database", db_url, pool);
+    super::oslo::db(&mut ini, "placement_database", db_url, pool);
     keystone::authtoken(&mut ini, endpoints, PLACEMENT.name, service_password);
-    ini.set("oslo_middleware", "enable_proxy_headers_parsing", true);
+    super::oslo::proxy_headers(&mut ini);
     ini
 }
 
