@@ -34,7 +34,7 @@ pub const REGISTRY_ADDR: &str = "127.0.0.1:5050";
 /// Marker line the first-boot service prints when the box is ready.
 pub const READY_LINE: &str = "ciab-firstboot: ready";
 
-/// The partitions of a ciab disk (DESIGN.md §3), in on-disk order.
+/// The partitions of a ciab disk (README: The builder↔box contract), in on-disk order.
 /// GPT type GUIDs follow the Discoverable Partitions Specification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -1,6 +1,6 @@
 //! Octavia, the load balancer service, with OVN's provider driver only: a
 //! load balancer is an OVN load balancer on the box's own OVN, so no amphora
-//! image and no service VMs (DESIGN.md §6). The API runs under uwsgi; the
+//! image and no service VMs (README: The cloud (IaaS)). The API runs under uwsgi; the
 //! provider's agent (`octavia-driver-agent`) reports provisioning and
 //! operating status back through sockets in /run/octavia. OVN's provider
 //! speaks TCP, UDP and SCTP, with the SOURCE_IP_PORT algorithm.
