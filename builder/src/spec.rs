@@ -307,9 +307,9 @@ pub struct ArtifactSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GuestBuild {
-    /// `stages::guest`: kernel + busybox initramfs on a BIOS-bootable disk.
+    /// `guests::tiny`: kernel + busybox initramfs on a BIOS-bootable disk.
     Tiny,
-    /// `stages::debian_guest`: the spec's suite with cloud-init, from the
+    /// `guests::debian`: the spec's suite with cloud-init, from the
     /// spec's mirror, on a BIOS-bootable disk.
     Debian,
 }
