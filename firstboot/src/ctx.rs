@@ -4,10 +4,10 @@
 
 use crate::model::hardware::Hardware;
 use crate::model::plan::{ControlPlane, Plan};
-use crate::model::site_source::Found;
 use crate::model::site::SiteConfig;
-use anyhow::{Context, Result};
+use crate::model::site_source::Found;
 use ciab_core::contract::OPENSTACK_SCHEMAS_DIR;
+use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 

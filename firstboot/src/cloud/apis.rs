@@ -1,15 +1,22 @@
-use anyhow::{bail, Result};
+//! The `apis` step: waits until every API answers, directly on loopback
+//! and then through the TLS front end, Horizon's login page renders, Nova's
+//! services are up with the hypervisor mapped, the network agents and
+//! Cinder's services are alive, and RabbitMQ takes the services' login and
+//! refuses `guest`. The services were started side by side by their own
+//! steps without waiting (under emulation each Python API takes a minute or
+//! more); this is where first boot waits for all of them at once.
+
+use super::frontend::{answers, local_url};
+use super::identity::{admin, admin_token};
+use super::messaging::check_broker;
+use super::nova::{NOVA_METADATA_UNIT, compute_ready, metadata_url};
+use super::service::API_TIMEOUT;
+use super::{catalog, horizon, messaging, service};
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
-use std::time::{Duration, Instant};
 use ciab_core::wait::{wait_until, Poll, Timeout};
-use super::{catalog, horizon, messaging, service};
-use super::service::API_TIMEOUT;
-use super::identity::{admin, admin_token};
-use super::nova::{NOVA_METADATA_UNIT, compute_ready, metadata_url};
-use super::messaging::check_broker;
-use super::frontend::{answers, local_url};
-
+use anyhow::{bail, Result};
+use std::time::{Duration, Instant};
 
 /// Horizon's login page, directly and through the front end.
 fn horizon_answers() -> bool {

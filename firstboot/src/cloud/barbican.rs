@@ -6,15 +6,15 @@
 //! defaults) neither the worker nor the listener is needed.
 
 use super::catalog::{Endpoints, KEY_MANAGER, endpoints};
+use super::database::{db_url, pool};
 use super::ini::Ini;
 use super::keystone;
-use base64::Engine as _;
-use sha2::Digest as _;
-use anyhow::{Context, Result};
+use super::uwsgi::{Uwsgi, api_started, start_api};
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
-use super::uwsgi::{Uwsgi, api_started, start_api};
-use super::database::{db_url, pool};
+use anyhow::{Context, Result};
+use base64::Engine as _;
+use sha2::Digest as _;
 
 pub const CONF: &str = "etc/barbican/barbican.conf";
 

@@ -3,9 +3,9 @@
 //! front end's routes, the catalog's endpoints and the final checks all come
 //! from this one table.
 
-use anyhow::Result;
 use crate::ctx::Ctx;
 use crate::host::network::management_addresses;
+use anyhow::Result;
 
 /// One OpenStack API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,17 +8,17 @@
 //! user's own token: a project's backups are its `volumebackups` container.
 
 use super::catalog::{BLOCK_STORAGE, Endpoints, GLANCE, OBJECT_STORE, endpoints};
+use super::database::{db_url, pool};
 use super::ini::Ini;
+use super::rest::{expect, request};
+use super::service::write_dropin;
+use super::uwsgi::{Uwsgi, api_started, install_api, launch_api};
 use super::{keystone, messaging, service};
-use anyhow::{Context, Result};
-use ciab_core::exec::Cmd;
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
 use crate::host::network::management_addresses;
-use super::rest::{expect, request};
-use super::uwsgi::{Uwsgi, api_started, install_api, launch_api};
-use super::database::{db_url, pool};
-use super::service::write_dropin;
+use ciab_core::exec::Cmd;
+use anyhow::{Context, Result};
 
 pub const CONF: &str = "etc/cinder/cinder.conf";
 

@@ -3,15 +3,15 @@
 //! service with the password first boot generated.
 
 use super::ini::Ini;
-use crate::model::plan::ControlPlane;
-use anyhow::{Context, Result, bail};
-use std::path::{Path, PathBuf};
+use super::service::write_dropin;
+use super::{keys, service};
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
-use std::time::Duration;
+use crate::model::plan::ControlPlane;
 use ciab_core::wait::{wait_until, Poll};
-use super::{keys, service};
-use super::service::write_dropin;
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The server's socket, where root logs in by unix_socket authentication.
 pub const SOCKET: &str = "/run/mysqld/mysqld.sock";

@@ -6,14 +6,14 @@
 
 use super::catalog::{BLOCK_STORAGE, COMPUTE, NETWORK};
 use super::cinder::BACKEND;
+use super::identity::admin;
 use super::rest::{expect, request};
-use super::scs;
 use super::scs::MANDATORY_FLAVORS;
-use crate::engine::{About, Step};
+use super::scs;
 use crate::ctx::Ctx;
+use crate::engine::{About, Step};
 use anyhow::{Context, Result};
 use serde_json::json;
-use super::identity::admin;
 
 pub struct FlavorsStep;
 

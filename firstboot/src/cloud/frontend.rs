@@ -10,13 +10,13 @@
 
 use super::catalog::LISTEN_PORT;
 use super::catalog::{Api, endpoints};
+use super::pki::pki_of;
+use super::service::API_TIMEOUT;
 use super::{catalog, horizon, service};
-use anyhow::Result;
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
+use anyhow::Result;
 use std::time::Duration;
-use super::service::API_TIMEOUT;
-use super::pki::pki_of;
 
 /// HAProxy's configuration file.
 pub const CONF: &str = "etc/haproxy/haproxy.cfg";

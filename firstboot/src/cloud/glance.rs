@@ -2,17 +2,17 @@
 //! volume, the API under uwsgi with the plan's process count.
 
 use super::catalog::{Endpoints, GLANCE, endpoints};
+use super::database::{db_url, pool};
 use super::ini::Ini;
+use super::uwsgi::{Uwsgi, api_started, start_api};
 use super::{keys, keystone};
-use anyhow::Result;
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
-use super::uwsgi::{Uwsgi, api_started, start_api};
-use super::database::{db_url, pool};
+use anyhow::Result;
 
 pub const CONF: &str = "etc/glance/glance-api.conf";
 
-/// The `glance` volume's mount point (`steps::volumes`).
+/// The `glance` volume's mount point (`host::storage::volumes`).
 pub const STORE: &str = "/var/lib/glance/images";
 
 /// glance-api.conf. Import staging and task scratch space sit on the image

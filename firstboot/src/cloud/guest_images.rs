@@ -6,15 +6,15 @@
 //! again.
 
 use super::catalog::GLANCE;
+use super::identity::admin;
 use super::rest::{expect, request, upload};
-use ciab_core::contract::{BUNDLE_MOUNTPOINT, BundleGuestImage};
-use crate::engine::{About, Step};
 use crate::ctx::Ctx;
+use crate::engine::{About, Step};
+use ciab_core::contract::{BUNDLE_MOUNTPOINT, BundleGuestImage};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::io::Read;
 use std::path::Path;
-use super::identity::admin;
 
 /// Glance's create request for `image`: public, with its properties.
 pub fn create_body(image: &BundleGuestImage) -> Value {

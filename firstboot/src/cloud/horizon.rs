@@ -4,15 +4,15 @@
 //! not used: one more server on the box would cost RAM and a second TLS
 //! configuration.
 
-use super::messaging::MEMCACHED;
 use super::catalog::{Endpoints, endpoints};
-use std::net::IpAddr;
-use anyhow::Result;
+use super::messaging::MEMCACHED;
+use super::service;
+use super::uwsgi::Uwsgi;
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
 use crate::host::network::management_addresses;
-use super::service;
-use super::uwsgi::Uwsgi;
+use anyhow::Result;
+use std::net::IpAddr;
 
 /// Where Horizon answers on the box; the front end routes `/horizon` here.
 pub const BIND: &str = "127.0.0.1:8090";

@@ -2,15 +2,15 @@
 //! then find-or-create calls, each idempotent so a step cut by a power loss
 //! can simply run again.
 
+use super::catalog::{KEYSTONE, endpoints};
+use super::pki::{fingerprint, pki_of};
 use super::rest::{expect, request};
+use super::{catalog, keystone};
+use crate::ctx::Ctx;
+use crate::engine::{About, Step};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use crate::ctx::Ctx;
-use crate::engine::{About, Step};
-use super::{catalog, keystone};
-use super::catalog::{KEYSTONE, endpoints};
-use super::pki::{fingerprint, pki_of};
 
 /// An admin session against Keystone on loopback.
 pub struct Identity {

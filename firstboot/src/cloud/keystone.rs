@@ -3,16 +3,16 @@
 //! `keystone-manage bootstrap` for the admin user, the region and the
 //! identity endpoints.
 
-use super::ini::Ini;
 use super::catalog::{Endpoints, KEYSTONE, endpoints};
-use anyhow::{Context, Result};
+use super::database::db_url;
+use super::ini::Ini;
+use super::service::API_TIMEOUT;
+use super::uwsgi::{Uwsgi, install_uwsgi};
+use super::{database, keys, service};
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
+use anyhow::{Context, Result};
 use std::time::Duration;
-use super::{database, keys, service};
-use super::uwsgi::{Uwsgi, install_uwsgi};
-use super::database::db_url;
-use super::service::API_TIMEOUT;
 
 pub const CONF: &str = "etc/keystone/keystone.conf";
 

@@ -4,15 +4,15 @@
 //! `guest` user: a node that imports definitions at boot does not create
 //! it), and memcached. Both listen on loopback only.
 
+use super::amqp::Login;
+use super::service::{write_dropin, write_private_conf};
+use super::{amqp, keys, service};
+use crate::ctx::Ctx;
+use crate::engine::{About, Step};
 use crate::model::plan::{Memcached, Rabbitmq};
 use anyhow::{Result, bail};
 use serde_json::json;
-use crate::ctx::Ctx;
-use crate::engine::{About, Step};
 use std::time::Duration;
-use super::{amqp, keys, service};
-use super::amqp::Login;
-use super::service::{write_dropin, write_private_conf};
 
 pub const MEMCACHED: &str = "127.0.0.1:11211";
 

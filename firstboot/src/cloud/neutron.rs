@@ -6,18 +6,18 @@
 //! The OVN metadata agent proxies guests' metadata requests to Nova.
 
 use super::catalog::{Endpoints, NETWORK, endpoints};
+use super::database::{db_url, pool};
+use super::identity::admin;
 use super::ini::Ini;
+use super::rest::{expect, request};
+use super::service::{write_dropin, write_private_conf};
+use super::uwsgi::{Uwsgi, api_started, install_api, launch_api};
 use super::{keystone, messaging, ovn, service};
-use anyhow::{Context, Result};
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::time::Duration;
-use super::rest::{expect, request};
-use super::uwsgi::{Uwsgi, api_started, install_api, launch_api};
-use super::database::{db_url, pool};
-use super::service::{write_dropin, write_private_conf};
-use super::identity::admin;
 
 pub const CONF: &str = "etc/neutron/neutron.conf";
 

@@ -6,27 +6,27 @@
 //! `nova-manage` runs (a Python start each, a minute under TCG).
 
 use super::catalog::{BLOCK_STORAGE, COMPUTE, Endpoints, GLANCE, endpoints};
+use super::database::{db_url, pool};
+use super::identity::admin_token;
 use super::ini::Ini;
+use super::service::{write_dropin, write_private_conf};
+use super::uwsgi::{Uwsgi, api_started, install_uwsgi};
 use super::{database, keys, keystone, messaging, service};
-use crate::model::plan::Nova as NovaPlan;
-use anyhow::{Context, Result};
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
 use crate::host::network::management_addresses;
+use crate::model::plan::Nova as NovaPlan;
+use ciab_core::wait::{wait_until, Poll};
+use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Duration;
-use ciab_core::wait::{wait_until, Poll};
-use super::uwsgi::{Uwsgi, api_started, install_uwsgi};
-use super::database::{db_url, pool};
-use super::service::{write_dropin, write_private_conf};
-use super::identity::admin_token;
 
 pub const CONF: &str = "etc/nova/nova.conf";
 
 /// Read by Debian's nova-compute after nova.conf: it must agree.
 pub const COMPUTE_CONF: &str = "etc/nova/nova-compute.conf";
 
-/// The `nova` volume's mount point (`steps::volumes`).
+/// The `nova` volume's mount point (`host::storage::volumes`).
 pub const INSTANCES: &str = "/var/lib/nova/instances";
 
 /// Cell0 has this fixed id in every deployment.

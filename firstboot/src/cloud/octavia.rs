@@ -6,14 +6,14 @@
 //! speaks TCP, UDP and SCTP, with the SOURCE_IP_PORT algorithm.
 
 use super::catalog::{Endpoints, LOAD_BALANCER, NETWORK, endpoints};
+use super::database::{db_url, pool};
 use super::ini::Ini;
+use super::service::write_named_dropin;
+use super::uwsgi::{Uwsgi, api_started, install_api, launch_api};
 use super::{keystone, messaging, ovn, service};
-use anyhow::Result;
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
-use super::uwsgi::{Uwsgi, api_started, install_api, launch_api};
-use super::database::{db_url, pool};
-use super::service::write_named_dropin;
+use anyhow::Result;
 
 pub const CONF: &str = "etc/octavia/octavia.conf";
 

@@ -9,11 +9,11 @@
 //! that runs only its own services that is the same trust as the unix
 //! sockets give root.
 
-use anyhow::{Context, Result, bail};
-use std::net::Ipv4Addr;
+use super::service;
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
-use super::service;
+use anyhow::{Context, Result, bail};
+use std::net::Ipv4Addr;
 
 /// The OVN Northbound and Southbound databases, for Neutron and the agents.
 pub const NB: &str = "tcp:127.0.0.1:6641";

@@ -8,15 +8,15 @@
 //! client that trusts it would break); the server certificate is re-issued by
 //! the same CA only when the names it must cover change.
 
+use super::catalog::endpoints;
+use crate::ctx::Ctx;
+use crate::engine::{About, Step};
+use crate::host::network::management_addresses;
 use anyhow::{Context, Result};
 use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use crate::ctx::Ctx;
-use crate::engine::{About, Step};
-use crate::host::network::management_addresses;
-use super::catalog::endpoints;
 
 /// Where the box keeps its CA and certificates, under the state directory
 /// (`/var/lib/ciab/pki`).

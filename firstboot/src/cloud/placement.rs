@@ -1,13 +1,13 @@
 //! Placement, the inventory of what Nova can schedule onto.
 
 use super::catalog::{Endpoints, PLACEMENT, endpoints};
+use super::database::{db_url, pool};
 use super::ini::Ini;
 use super::keystone;
-use anyhow::Result;
+use super::uwsgi::{Uwsgi, api_started, start_api};
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
-use super::uwsgi::{Uwsgi, api_started, start_api};
-use super::database::{db_url, pool};
+use anyhow::Result;
 
 pub const CONF: &str = "etc/placement/placement.conf";
 

@@ -1,11 +1,11 @@
 //! Starting the image's masked services once their configuration is written,
 //! and waiting for them to answer — never on a fixed sleep.
 
-use anyhow::{Context, Result, bail};
-use std::time::{Duration, Instant};
-use ciab_core::wait::{wait_until, Poll};
-use std::path::Path;
 use super::keys;
+use ciab_core::wait::{wait_until, Poll};
+use anyhow::{Context, Result, bail};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// systemctl without its SysV hook: `enable` of a unit that also ships an
 /// init.d script (most of Debian's OpenStack units do) runs update-rc.d,

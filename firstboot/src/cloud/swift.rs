@@ -13,12 +13,12 @@
 
 use super::catalog::{Endpoints, KEYSTONE, OBJECT_STORE, endpoints};
 use super::ini::Ini;
-use super::{keys, keystone, messaging, service};
-use anyhow::{Result, bail};
-use crate::ctx::Ctx;
-use crate::engine::{About, Step};
 use super::service::{write_dropin, write_private_conf};
 use super::uwsgi::api_started;
+use super::{keys, keystone, messaging, service};
+use crate::ctx::Ctx;
+use crate::engine::{About, Step};
+use anyhow::{Result, bail};
 
 pub const SWIFT_CONF: &str = "etc/swift/swift.conf";
 

@@ -3,12 +3,12 @@
 //! answer under TCG): the plan's process count, one thread each, the app
 //! loaded once in the master, bound to loopback behind the TLS front end.
 
-use anyhow::{Context, Result};
-use crate::ctx::Ctx;
-use std::path::Path;
-use super::service;
 use super::catalog::Api;
 use super::service::{write_dropin, write_private_conf};
+use super::service;
+use crate::ctx::Ctx;
+use anyhow::{Context, Result};
+use std::path::Path;
 
 /// One API's uwsgi instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

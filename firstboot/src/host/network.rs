@@ -2,13 +2,13 @@
 //! site config names (or the first with carrier), the host name and
 //! /etc/hosts.
 
-use crate::model::site::{NetworkMode, SiteConfig};
-use anyhow::{Context, Result};
-use std::path::Path;
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
-use anyhow::bail;
+use crate::model::site::{NetworkMode, SiteConfig};
 use ciab_core::wait::{wait_until, Poll};
+use anyhow::bail;
+use anyhow::{Context, Result};
+use std::path::Path;
 
 /// The networkd file first boot owns.
 pub const NETWORK_FILE: &str = "etc/systemd/network/10-ciab-mgmt.network";

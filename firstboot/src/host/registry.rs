@@ -2,15 +2,15 @@
 //! every image the bundle's index lists, by digest, on its loopback address?
 //! (Configured by `overlays/registry`; the store is the read-only bundle.)
 
-use ciab_core::contract::{BundleIndex, BUNDLE_INDEX_FILE, BUNDLE_MOUNTPOINT};
-use anyhow::{bail, Context, Result};
+use crate::ctx::Ctx;
+use crate::engine::{About, Step};
 use crate::http::Client;
+use ciab_core::contract::{BundleIndex, BUNDLE_INDEX_FILE, BUNDLE_MOUNTPOINT};
+use ciab_core::wait::{wait_until, Poll};
+use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
-use ciab_core::wait::{wait_until, Poll};
-use crate::ctx::Ctx;
-use crate::engine::{About, Step};
 
 /// Where the registry listens.
 pub const ADDR: &str = ciab_core::contract::REGISTRY_ADDR;

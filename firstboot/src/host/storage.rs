@@ -6,15 +6,15 @@
 //! so the storage step can be cut by a power loss at any instant and run
 //! again. It only ever touches the disk that holds the running root.
 
+use crate::ctx::Ctx;
+use crate::engine::{About, Step};
+use crate::model::plan::Plan;
 use ciab_core::exec::Cmd;
 use anyhow::{bail, Context, Result};
 use gptman::{GPTPartitionEntry, GPT};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::{Path, PathBuf};
-use crate::ctx::Ctx;
-use crate::engine::{About, Step};
-use crate::model::plan::Plan;
 
 /// GPT name of the partition first boot creates.
 pub const DATA_LABEL: &str = "data";
