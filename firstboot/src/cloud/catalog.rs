@@ -236,7 +236,7 @@ mod tests {
         // Nothing else on the box may hold an API's port: the status page
         // (every address) and the offline registry (loopback). A clash
         // makes the API fail to start while the other answers its probe.
-        let taken = [crate::status::DEFAULT_PORT, crate::host::registry::ADDR.rsplit(':').next().unwrap().parse().unwrap(), super::super::horizon::BIND.rsplit(':').next().unwrap().parse().unwrap()];
+        let taken = [crate::status::DEFAULT_PORT, ciab_core::contract::REGISTRY_ADDR.rsplit(':').next().unwrap().parse().unwrap(), super::super::horizon::BIND.rsplit(':').next().unwrap().parse().unwrap()];
         for a in APIS {
             let port: u16 = a.bind.rsplit(':').next().unwrap().parse().unwrap();
             assert!(!taken.contains(&port), "{} on {} clashes with another service of the box", a.name, a.bind);

@@ -16,8 +16,6 @@ use std::time::Duration;
 /// The server's socket, where root logs in by unix_socket authentication.
 pub const SOCKET: &str = "/run/mysqld/mysqld.sock";
 
-/// Schema dumps in the image, one `<database>.sql` each.
-pub const SCHEMAS_DIR: &str = ciab_core::contract::OPENSTACK_SCHEMAS_DIR;
 
 /// ciab's server settings, read after Debian's own.
 pub const SERVER_CNF: &str = "etc/mysql/mariadb.conf.d/90-ciab.cnf";
@@ -224,7 +222,7 @@ impl Step<Ctx> for DatabaseStep {
             .flat_map(|a| a.databases.iter())
             .map(|&(db, schema)| Load {
                 database: db,
-                schema: ctx.root.join(SCHEMAS_DIR).join(format!("{schema}.sql")),
+                schema: ctx.root.join(ciab_core::contract::OPENSTACK_SCHEMAS_DIR).join(format!("{schema}.sql")),
                 stamp: ctx.stamp(&format!("schema-{db}")),
             })
             .filter(|load| !load.stamp.exists())

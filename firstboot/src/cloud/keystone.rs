@@ -133,8 +133,7 @@ impl Step<Ctx> for KeystoneStep {
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let root = ctx.root.clone();
-        let plan = ctx.plan()?;
-        let cp = plan.control_plane.context("a cloud profile's plan has a control plane")?;
+        let cp = ctx.control_plane()?;
         let endpoints = endpoints(ctx)?;
         let user = keys::system_user(&root, "keystone")?;
         let url = db_url(ctx, "keystone", "keystone")?;

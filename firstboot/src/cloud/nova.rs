@@ -195,7 +195,7 @@ impl Step<Ctx> for NovaStep {
     }
     fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let plan = ctx.plan()?;
-        let cp = plan.control_plane.context("a cloud profile's plan has a control plane")?;
+        let cp = ctx.control_plane()?;
         let nova_plan = plan.nova.context("a cloud profile's plan sizes Nova")?;
         // Minutes under TCG: say where they go.
         let mut laps = super::laps::Laps::start();

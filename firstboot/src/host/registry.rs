@@ -5,15 +5,13 @@
 use crate::ctx::Ctx;
 use crate::engine::{About, Step};
 use crate::http::Client;
-use ciab_core::contract::{BundleIndex, BUNDLE_INDEX_FILE, BUNDLE_MOUNTPOINT};
+use ciab_core::contract::{BundleIndex, BUNDLE_INDEX_FILE, BUNDLE_MOUNTPOINT, REGISTRY_ADDR};
 use ciab_core::wait::{wait_until, Poll};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-/// Where the registry listens.
-pub const ADDR: &str = ciab_core::contract::REGISTRY_ADDR;
 pub const UNIT: &str = "docker-registry.service";
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
@@ -81,7 +79,7 @@ impl Step<Ctx> for RegistryStep {
     }
     fn check(&self, ctx: &mut Ctx) -> Result<bool> {
         Ok(match bundle_index(&ctx.root)? {
-            Some(index) if !index.images.is_empty() => probe(ADDR, &index).is_ok(),
+            Some(index) if !index.images.is_empty() => probe(REGISTRY_ADDR, &index).is_ok(),
             _ => true,
         })
     }
@@ -89,7 +87,7 @@ impl Step<Ctx> for RegistryStep {
         let index = bundle_index(&ctx.root)?.context("the bundle index disappeared")?;
         ciab_core::exec::Cmd::new("systemctl").package("systemd").args(["start", UNIT]).run()?;
         let waited = wait_until(REGISTRY_TIMEOUT, Duration::from_millis(250), || {
-            Ok(match probe(ADDR, &index) {
+            Ok(match probe(REGISTRY_ADDR, &index) {
                 Ok(()) => Poll::Ready(()),
                 Err(e) => Poll::Pending(e),
             })
@@ -99,7 +97,7 @@ impl Step<Ctx> for RegistryStep {
             let log = ciab_core::exec::Cmd::new("journalctl").args(["-u", UNIT, "-n", "5", "--no-pager", "-o", "cat"]).run().unwrap_or_default();
             bail!("the offline registry does not serve the bundle after {} s: {e:#}\n{}", REGISTRY_TIMEOUT.as_secs(), log.trim_end());
         }
-        tracing::info!("registry: {} image(s) served on http://{}", index.images.len(), ADDR);
+        tracing::info!("registry: {} image(s) served on http://{}", index.images.len(), REGISTRY_ADDR);
         Ok(())
     }
 }
